@@ -1,0 +1,146 @@
+//! `podkeeper run`: wires the parts together and waits for a stop signal.
+//! No logic of its own beyond start-up order.
+//!
+//! Stopping the agent leaves the pods running, as stopping the kubelet does:
+//! the containers belong to containerd, not to the agent process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState};
+use crate::config::Settings;
+use crate::desired;
+use crate::manifest::source::ManifestSource;
+use crate::pod::worker::WorkerContext;
+use crate::pod::workers::Workers;
+use crate::runtime::containerd::images::ResolvedImage;
+use crate::runtime::containerd::Containerd;
+use crate::runtime::image_ref;
+use crate::status::events::EventLog;
+use crate::status::store::StatusStore;
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    info!(version = crate::VERSION, node = %settings.node_name, manifests = %settings.manifest_dir.display(), "podkeeper starting");
+    create_dir(&settings.state_dir, 0o700)?;
+    create_dir(&settings.pod_log_dir, 0o755)?;
+
+    let runtime = connect(&settings).await?;
+    let (runtime_events_tx, runtime_events_rx) = mpsc::channel(1024);
+    let events_runtime = runtime.clone();
+    tokio::spawn(async move { events_runtime.forward_events(runtime_events_tx).await });
+    let sandbox_image = sandbox_image(&runtime, &settings).await?;
+
+    let (recorder, event_log) = EventLog::start(settings.node_name.clone());
+    let status = Arc::new(StatusStore::default());
+    let (desired_writer, desired_reader) = desired::channel();
+
+    let http = tokio::net::TcpListener::bind(settings.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP endpoint on {}", settings.http_listen))?;
+    let api_state = ApiState {
+        desired: desired_reader.clone(),
+        status: status.clone(),
+        events: event_log,
+        pod_log_dir: settings.pod_log_dir.clone(),
+    };
+    tokio::spawn(api::http::serve(http, api_state.clone()));
+    let socket = settings.api_socket();
+    tokio::spawn(async move {
+        if let Err(e) = api::grpc::serve(&socket, api_state).await {
+            warn!(socket = %socket.display(), error = %e, "the gRPC API stopped");
+        }
+    });
+
+    let source = ManifestSource::new(
+        settings.manifest_dir.clone(),
+        settings.node_name.clone(),
+        settings.manifest_resync,
+        desired_writer,
+        recorder.clone(),
+    );
+    tokio::spawn(source.run());
+    let context = Arc::new(WorkerContext {
+        runtime,
+        status,
+        recorder,
+        pod_log_dir: settings.pod_log_dir.clone(),
+        sandbox_image,
+    });
+    tokio::spawn(Workers::new(context).run(desired_reader, runtime_events_rx));
+    info!(http = %settings.http_listen, api = %settings.api_socket().display(), "podkeeper running");
+
+    wait_for_stop_signal().await?;
+    info!("stopping; pods keep running and are taken over by the next start");
+    Ok(())
+}
+
+/// Connects to containerd, waiting for it if it is not up yet: the agent may
+/// well start before containerd at boot.
+async fn connect(settings: &Settings) -> anyhow::Result<Containerd> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match Containerd::connect(&settings.containerd_address, &settings.containerd_namespace)
+            .await
+        {
+            Ok(runtime) => match runtime.version().await {
+                Ok(version) => {
+                    info!(containerd = %version, namespace = %settings.containerd_namespace, "connected to containerd");
+                    return Ok(runtime);
+                }
+                Err(e) => warn!(error = %e, "containerd does not answer; retrying in {delay:?}"),
+            },
+            Err(e) => warn!(error = %e, "retrying in {delay:?}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            result = wait_for_stop_signal() => {
+                result?;
+                anyhow::bail!("stopped before containerd became reachable");
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn sandbox_image(runtime: &Containerd, settings: &Settings) -> anyhow::Result<ResolvedImage> {
+    match &settings.sandbox_image {
+        None => runtime
+            .ensure_pause_image()
+            .await
+            .context("preparing the built-in pause image"),
+        Some(name) => {
+            let name =
+                image_ref::normalize(name).map_err(|e| anyhow::anyhow!("sandbox-image: {e}"))?;
+            runtime.resolve_image(&name).await.with_context(|| {
+                format!("sandbox-image {name} (it must already be present in containerd)")
+            })
+        }
+    }
+}
+
+fn create_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! podkeeper's own gRPC API (`proto/podkeeper/v1/agent.proto`), served on a
+//! unix socket in the state directory that only root can open.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use k8s_openapi::api::core::v1::Event;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+
+use super::{pods, ApiState};
+use crate::proto;
+use crate::proto::agent_server::{Agent, AgentServer};
+
+/// Binds the socket (replacing a stale one), restricts it to root and
+/// serves until the task is dropped.
+pub async fn serve(socket: &Path, state: ApiState) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    tonic::transport::Server::builder()
+        .add_service(AgentServer::new(AgentService { state }))
+        .serve_with_incoming(UnixListenerStream::new(listener))
+        .await
+        .map_err(std::io::Error::other)
+}
+
+struct AgentService {
+    state: ApiState,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn list_pods(
+        &self,
+        request: Request<proto::ListPodsRequest>,
+    ) -> Result<Response<proto::ListPodsResponse>, Status> {
+        let namespace = request.into_inner().namespace;
+        let pods = pods::list(&self.state)
+            .into_iter()
+            .filter(|(d, _)| namespace.is_empty() || d.namespace() == namespace)
+            .map(|(d, pod)| pods::summary(&d, &pod, &self.state.pod_log_dir))
+            .collect();
+        Ok(Response::new(proto::ListPodsResponse { pods }))
+    }
+
+    async fn get_pod(
+        &self,
+        request: Request<proto::GetPodRequest>,
+    ) -> Result<Response<proto::PodSummary>, Status> {
+        let request = request.into_inner();
+        let (desired, pod) = pods::find(&self.state, &request.namespace, &request.name)
+            .ok_or_else(|| Status::not_found(format!("pod {:?} not found", request.name)))?;
+        Ok(Response::new(pods::summary(
+            &desired,
+            &pod,
+            &self.state.pod_log_dir,
+        )))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<proto::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        let name = if request.pod_name.is_empty() {
+            None
+        } else {
+            let (desired, _) = pods::find(&self.state, &request.namespace, &request.pod_name)
+                .ok_or_else(|| {
+                    Status::not_found(format!("pod {:?} not found", request.pod_name))
+                })?;
+            Some(desired.name().to_string())
+        };
+        let filter = EventFilter {
+            namespace: request.namespace,
+            name,
+        };
+        // Subscribe before listing so nothing falls between the two.
+        let mut updates = request.follow.then(|| self.state.events.subscribe());
+        let existing = if request.include_existing {
+            self.state.events.list()
+        } else {
+            Vec::new()
+        };
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            for event in existing.iter().filter(|e| filter.matches(e)) {
+                if tx.send(Ok(to_proto(event))).await.is_err() {
+                    return;
+                }
+            }
+            let Some(updates) = updates.as_mut() else {
+                return;
+            };
+            loop {
+                match updates.recv().await {
+                    Ok(event) if filter.matches(&event) => {
+                        if tx.send(Ok(to_proto(&event))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let status =
+                            Status::data_loss(format!("{n} events were missed; watch again"));
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct EventFilter {
+    namespace: String,
+    name: Option<String>,
+}
+
+impl EventFilter {
+    fn matches(&self, event: &Arc<Event>) -> bool {
+        let object = &event.involved_object;
+        let namespace_ok =
+            self.namespace.is_empty() || object.namespace.as_deref() == Some(&self.namespace);
+        let name_ok = self
+            .name
+            .as_ref()
+            .is_none_or(|n| object.name.as_ref() == Some(n));
+        namespace_ok && name_ok
+    }
+}
+
+fn to_proto(event: &Event) -> proto::Event {
+    let object = &event.involved_object;
+    let text = |s: &Option<String>| s.clone().unwrap_or_default();
+    let time = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+        t.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+    };
+    let source = event.source.clone().unwrap_or_default();
+    proto::Event {
+        namespace: text(&object.namespace),
+        involved_kind: text(&object.kind),
+        involved_name: text(&object.name),
+        involved_uid: text(&object.uid),
+        field_path: text(&object.field_path),
+        r#type: text(&event.type_),
+        reason: text(&event.reason),
+        message: text(&event.message),
+        count: event.count.unwrap_or(1),
+        first_timestamp: time(&event.first_timestamp),
+        last_timestamp: time(&event.last_timestamp),
+        source_component: text(&source.component),
+        source_host: text(&source.host),
+    }
+}

@@ -1,0 +1,306 @@
+//! Agent settings: command-line flags over an optional YAML file over defaults.
+//!
+//! Every setting is both a flag and a key of the config file, with the same
+//! name (`--manifest-dir` ↔ `manifest-dir:`), so operators only learn one
+//! vocabulary. Unknown keys are an error: a typo must not silently fall back
+//! to a default.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Where the config file is read from when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/podkeeper/config.yaml";
+
+/// The `podkeeper run` flags. Every field is optional so that "not given on
+/// the command line" can fall through to the config file.
+#[derive(Debug, Default, Clone, Args)]
+pub struct RunFlags {
+    /// YAML config file [default: /etc/podkeeper/config.yaml if it exists]
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory of static pod manifests [default: /etc/podkeeper/manifests]
+    #[arg(long)]
+    pub manifest_dir: Option<PathBuf>,
+    /// containerd's gRPC socket [default: /run/containerd/containerd.sock]
+    #[arg(long)]
+    pub containerd_address: Option<PathBuf>,
+    /// containerd namespace that holds everything podkeeper creates [default: podkeeper]
+    #[arg(long)]
+    pub containerd_namespace: Option<String>,
+    /// Address of the read-only HTTP endpoint [default: 127.0.0.1:10255]
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// Agent state: API socket and records [default: /var/lib/podkeeper]
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Container logs, as /var/log/pods/<ns>_<pod>_<uid>/<container>/ [default: /var/log/pods]
+    #[arg(long)]
+    pub pod_log_dir: Option<PathBuf>,
+    /// Image archives to import [default: /var/lib/podkeeper/images]
+    #[arg(long)]
+    pub images_dir: Option<PathBuf>,
+    /// Node name used in pod names and events [default: host name, lowercased]
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Image of the pod sandbox [default: the built-in podkeeper.local/pause:<version>]
+    #[arg(long)]
+    pub sandbox_image: Option<String>,
+    /// Seconds between full re-reads of the manifest directory [default: 20]
+    #[arg(long)]
+    pub manifest_resync_seconds: Option<u64>,
+}
+
+/// The config file's keys; the same names as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileSettings {
+    manifest_dir: Option<PathBuf>,
+    containerd_address: Option<PathBuf>,
+    containerd_namespace: Option<String>,
+    http_listen: Option<String>,
+    state_dir: Option<PathBuf>,
+    pod_log_dir: Option<PathBuf>,
+    images_dir: Option<PathBuf>,
+    node_name: Option<String>,
+    sandbox_image: Option<String>,
+    manifest_resync_seconds: Option<u64>,
+}
+
+/// Settings after merging, validated once at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub manifest_dir: PathBuf,
+    pub containerd_address: PathBuf,
+    pub containerd_namespace: String,
+    pub http_listen: std::net::SocketAddr,
+    pub state_dir: PathBuf,
+    pub pod_log_dir: PathBuf,
+    pub images_dir: PathBuf,
+    pub node_name: String,
+    /// `None` means the built-in pause image.
+    pub sandbox_image: Option<String>,
+    pub manifest_resync: std::time::Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Merges flags over the config file over defaults. The default config
+    /// path is only read if it exists; an explicit `--config` must exist.
+    pub fn load(flags: &RunFlags) -> Result<Settings, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                read_file(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => FileSettings::default(),
+        };
+        Settings::merge(flags.clone(), file)
+    }
+
+    fn merge(flags: RunFlags, file: FileSettings) -> Result<Settings, ConfigError> {
+        let namespace = flags
+            .containerd_namespace
+            .or(file.containerd_namespace)
+            .unwrap_or_else(|| "podkeeper".into());
+        if namespace == "k8s.io" || namespace == "default" || namespace == "moby" {
+            return Err(ConfigError::Invalid {
+                key: "containerd-namespace",
+                reason: format!(
+                    "{namespace:?} belongs to another containerd client; podkeeper needs a namespace of its own"
+                ),
+            });
+        }
+        let http = flags
+            .http_listen
+            .or(file.http_listen)
+            .unwrap_or_else(|| "127.0.0.1:10255".into());
+        let http_listen = http.parse().map_err(|e| ConfigError::Invalid {
+            key: "http-listen",
+            reason: format!("{http:?} is not an address:port ({e})"),
+        })?;
+        let node_name = match flags.node_name.or(file.node_name) {
+            Some(name) => name.to_lowercase(),
+            None => host_name().map_err(|reason| ConfigError::Invalid {
+                key: "node-name",
+                reason,
+            })?,
+        };
+        if node_name.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "node-name",
+                reason: "must not be empty".into(),
+            });
+        }
+        let resync = flags
+            .manifest_resync_seconds
+            .or(file.manifest_resync_seconds)
+            .unwrap_or(20);
+        if resync == 0 {
+            return Err(ConfigError::Invalid {
+                key: "manifest-resync-seconds",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let pick = |flag: Option<PathBuf>, key: Option<PathBuf>, default: &str| {
+            flag.or(key).unwrap_or_else(|| PathBuf::from(default))
+        };
+        Ok(Settings {
+            manifest_dir: pick(
+                flags.manifest_dir,
+                file.manifest_dir,
+                "/etc/podkeeper/manifests",
+            ),
+            containerd_address: pick(
+                flags.containerd_address,
+                file.containerd_address,
+                "/run/containerd/containerd.sock",
+            ),
+            containerd_namespace: namespace,
+            http_listen,
+            state_dir: pick(flags.state_dir, file.state_dir, "/var/lib/podkeeper"),
+            pod_log_dir: pick(flags.pod_log_dir, file.pod_log_dir, "/var/log/pods"),
+            images_dir: pick(
+                flags.images_dir,
+                file.images_dir,
+                "/var/lib/podkeeper/images",
+            ),
+            node_name,
+            sandbox_image: flags.sandbox_image.or(file.sandbox_image),
+            manifest_resync: std::time::Duration::from_secs(resync),
+        })
+    }
+
+    /// The agent's gRPC API socket.
+    pub fn api_socket(&self) -> PathBuf {
+        api_socket_in(&self.state_dir)
+    }
+}
+
+/// Where the agent's API socket lives inside a state directory; shared by
+/// the agent and the CLI so they cannot disagree.
+pub fn api_socket_in(state_dir: &Path) -> PathBuf {
+    state_dir.join("podkeeper.sock")
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(FileSettings::default());
+    }
+    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source,
+    })
+}
+
+fn host_name() -> Result<String, String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // within it or fails.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(format!(
+            "cannot read the host name: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(yaml: &str) -> FileSettings {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let s = Settings::merge(
+            RunFlags {
+                node_name: Some("Node1".into()),
+                ..Default::default()
+            },
+            FileSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(s.manifest_dir, PathBuf::from("/etc/podkeeper/manifests"));
+        assert_eq!(
+            s.containerd_address,
+            PathBuf::from("/run/containerd/containerd.sock")
+        );
+        assert_eq!(s.containerd_namespace, "podkeeper");
+        assert_eq!(s.http_listen.to_string(), "127.0.0.1:10255");
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/podkeeper"));
+        assert_eq!(s.pod_log_dir, PathBuf::from("/var/log/pods"));
+        assert_eq!(s.images_dir, PathBuf::from("/var/lib/podkeeper/images"));
+        assert_eq!(s.node_name, "node1");
+        assert_eq!(s.sandbox_image, None);
+        assert_eq!(s.manifest_resync.as_secs(), 20);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let f = file("manifest-dir: /srv/pods\nstate-dir: /srv/state\nnode-name: fromfile\n");
+        let flags = RunFlags {
+            manifest_dir: Some("/flag/pods".into()),
+            ..Default::default()
+        };
+        let s = Settings::merge(flags, f).unwrap();
+        assert_eq!(s.manifest_dir, PathBuf::from("/flag/pods"));
+        assert_eq!(s.state_dir, PathBuf::from("/srv/state"));
+        assert_eq!(s.node_name, "fromfile");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = serde_yaml::from_str::<FileSettings>("manifest_dirr: /x\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn shared_namespaces_are_refused() {
+        for ns in ["k8s.io", "default"] {
+            let flags = RunFlags {
+                containerd_namespace: Some(ns.into()),
+                node_name: Some("n".into()),
+                ..Default::default()
+            };
+            let err = Settings::merge(flags, FileSettings::default()).unwrap_err();
+            assert!(err.to_string().starts_with("containerd-namespace"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_listen_address_names_the_key() {
+        let flags = RunFlags {
+            http_listen: Some("localhost".into()),
+            node_name: Some("n".into()),
+            ..Default::default()
+        };
+        let err = Settings::merge(flags, FileSettings::default()).unwrap_err();
+        assert!(err.to_string().starts_with("http-listen"), "{err}");
+    }
+}

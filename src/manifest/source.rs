@@ -1,0 +1,412 @@
+//! The manifest directory: lists, watches and re-reads it, and publishes the
+//! resulting desired pods.
+//!
+//! Every trigger (start, an inotify event, the periodic re-list) does the same
+//! full pass over the directory, because inotify alone is known to miss
+//! edits (kubernetes#52939). A file that stops parsing keeps its last good
+//! pod running: only removing the file removes the pod.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use notify::Watcher;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::parse::{parse_manifest, MAX_MANIFEST_BYTES};
+use crate::desired::{DesiredPod, DesiredSet, DesiredWriter};
+use crate::status::events::{EventType, ObjectRef, Recorder};
+
+/// How long to wait after an inotify event for the rest of a burst (an
+/// editor's write-rename-chmod) before re-reading.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// What the source remembers about one manifest file between passes.
+#[derive(Default)]
+struct FileRecord {
+    /// The bytes last read, to skip re-parsing unchanged files.
+    content: Vec<u8>,
+    /// The last version that parsed; keeps running while the file is broken.
+    last_good: Option<Arc<DesiredPod>>,
+    /// The error of the current content, if it does not parse.
+    error: Option<String>,
+}
+
+pub struct ManifestSource {
+    dir: PathBuf,
+    node_name: String,
+    resync: Duration,
+    writer: DesiredWriter,
+    recorder: Recorder,
+    files: BTreeMap<PathBuf, FileRecord>,
+    /// Entries already reported as ignored, so each is logged once.
+    ignored: HashSet<PathBuf>,
+    /// Duplicate pods already reported, so each is reported once.
+    duplicates: HashSet<PathBuf>,
+    dir_missing_reported: bool,
+}
+
+impl ManifestSource {
+    pub fn new(
+        dir: PathBuf,
+        node_name: String,
+        resync: Duration,
+        writer: DesiredWriter,
+        recorder: Recorder,
+    ) -> Self {
+        ManifestSource {
+            dir,
+            node_name,
+            resync,
+            writer,
+            recorder,
+            files: BTreeMap::new(),
+            ignored: HashSet::new(),
+            duplicates: HashSet::new(),
+            dir_missing_reported: false,
+        }
+    }
+
+    /// Reads the directory now and then whenever it changes, until the task
+    /// is dropped.
+    pub async fn run(mut self) {
+        let (poke_tx, mut poke_rx) = mpsc::channel::<()>(1);
+        let mut watcher = None;
+        let mut ticker = tokio::time::interval(self.resync);
+        loop {
+            if watcher.is_none() {
+                watcher = self.watch(poke_tx.clone());
+            }
+            self.sync();
+            tokio::select! {
+                _ = ticker.tick() => {}
+                Some(()) = poke_rx.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while poke_rx.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+
+    /// Starts an inotify watch that pokes the loop; `None` if the directory
+    /// cannot be watched yet (the periodic re-list still covers it).
+    fn watch(&self, poke: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        let handler = move |result: notify::Result<notify::Event>| {
+            if result.is_ok() {
+                // A full channel already holds a pending poke.
+                let _ = poke.try_send(());
+            }
+        };
+        let mut watcher = notify::recommended_watcher(handler).ok()?;
+        watcher
+            .watch(&self.dir, notify::RecursiveMode::NonRecursive)
+            .ok()?;
+        Some(watcher)
+    }
+
+    /// One full pass: read every manifest, then publish the desired set.
+    pub fn sync(&mut self) {
+        let present = self.list_manifests();
+        self.files.retain(|path, _| present.contains(path));
+        for path in present {
+            self.read_file(&path);
+        }
+        let set = self.desired_set();
+        self.writer.replace(set);
+    }
+
+    /// Paths of the files that are manifests, logging each ignored entry once.
+    fn list_manifests(&mut self) -> Vec<PathBuf> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                self.dir_missing_reported = false;
+                entries
+            }
+            Err(e) => {
+                if !self.dir_missing_reported {
+                    warn!(dir = %self.dir.display(), error = %e, "cannot read the manifest directory; running no pods from it");
+                    self.dir_missing_reported = true;
+                }
+                return Vec::new();
+            }
+        };
+        let mut manifests = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match classify(&path) {
+                Entry::Manifest => manifests.push(path),
+                Entry::Ignored(why) => {
+                    if self.ignored.insert(path.clone()) {
+                        info!(file = %path.display(), "ignoring {why}");
+                    }
+                }
+            }
+        }
+        manifests.sort();
+        manifests
+    }
+
+    fn read_file(&mut self, path: &Path) {
+        let content = match read_limited(path) {
+            Ok(content) => content,
+            Err(message) => return self.set_error(path, Vec::new(), message),
+        };
+        let record = self.files.entry(path.to_path_buf()).or_default();
+        if record.content == content && (record.last_good.is_some() || record.error.is_some()) {
+            return;
+        }
+        match parse_manifest(&content, path, &self.node_name) {
+            Ok(mut pod) => {
+                record.content = content;
+                record.error = None;
+                if record.last_good.as_ref().map(|p| p.uid()) == Some(pod.uid()) {
+                    // A formatting-only edit: the same pod, first seen earlier.
+                    return;
+                }
+                let now = jiff::Timestamp::now();
+                pod.pod.metadata.creation_timestamp = Some(Time(now));
+                pod.pod
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert("kubernetes.io/config.seen".into(), now.to_string());
+                info!(file = %path.display(), pod = %pod.name(), namespace = %pod.namespace(), uid = %pod.uid(), "manifest read");
+                record.last_good = Some(Arc::new(pod));
+            }
+            Err(e) => self.set_error(path, content, e.to_string()),
+        }
+    }
+
+    /// Records that `path` does not currently give a pod; the last good
+    /// version, if any, stays.
+    fn set_error(&mut self, path: &Path, content: Vec<u8>, message: String) {
+        let record = self.files.entry(path.to_path_buf()).or_default();
+        record.content = content;
+        if record.error.as_deref() == Some(message.as_str()) {
+            return;
+        }
+        let keeping = record.last_good.as_ref().map(|p| p.name().to_string());
+        match &keeping {
+            Some(pod) => {
+                warn!(file = %path.display(), error = %message, "manifest is invalid; pod {pod} keeps running from its last good version")
+            }
+            None => {
+                warn!(file = %path.display(), error = %message, "manifest is invalid; no pod started from it")
+            }
+        }
+        let note = keeping
+            .map(|pod| format!(" (pod {pod} keeps its last good version)"))
+            .unwrap_or_default();
+        self.recorder.record(
+            ObjectRef::file(path),
+            EventType::Warning,
+            "FailedParse",
+            format!("{}: {message}{note}", path.display()),
+        );
+        record.error = Some(message);
+    }
+
+    /// The pods to run: one per file, the first file (by name) winning when
+    /// two define the same namespace/name, as the kubelet does.
+    fn desired_set(&mut self) -> DesiredSet {
+        let mut by_name: HashMap<(String, String), PathBuf> = HashMap::new();
+        let mut set = DesiredSet::new();
+        for (path, record) in &self.files {
+            let Some(pod) = &record.last_good else {
+                continue;
+            };
+            let key = (pod.namespace().to_string(), pod.name().to_string());
+            if let Some(first) = by_name.get(&key) {
+                if self.duplicates.insert(path.clone()) {
+                    let message = format!(
+                        "Error validating pod {} from {} due to duplicate pod name {:?}, ignoring (already defined by {})",
+                        pod.name(), path.display(), pod.name(), first.display()
+                    );
+                    warn!(file = %path.display(), "{message}");
+                    self.recorder.record(
+                        ObjectRef::pod(pod),
+                        EventType::Warning,
+                        "FailedValidation",
+                        message,
+                    );
+                }
+                continue;
+            }
+            self.duplicates.remove(path);
+            by_name.insert(key, path.clone());
+            set.insert(pod.uid().to_string(), pod.clone());
+        }
+        set
+    }
+}
+
+enum Entry {
+    Manifest,
+    Ignored(&'static str),
+}
+
+/// Only regular `.yaml`, `.yml` and `.json` files that are not dot-files are
+/// manifests. The kubelet reads every non-dot file, so an editor's
+/// `web.yaml~` or `web.yaml.bak` silently overrides the real manifest
+/// (kubernetes#136962); podkeeper does not.
+fn classify(path: &Path) -> Entry {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    if name.starts_with('.') {
+        return Entry::Ignored("a dot-file");
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Entry::Ignored("an entry that cannot be read");
+    };
+    if meta.is_dir() {
+        return Entry::Ignored("a subdirectory (manifests are not read recursively)");
+    }
+    if !meta.is_file() {
+        return Entry::Ignored("a file that is not a regular file");
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("yaml" | "yml" | "json") => Entry::Manifest,
+        _ => Entry::Ignored("a file not ending in .yaml, .yml or .json"),
+    }
+}
+
+/// Reads at most the kubelet's manifest size limit.
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut content = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut content)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if content.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "larger than the {} MiB manifest limit",
+            MAX_MANIFEST_BYTES >> 20
+        ));
+    }
+    Ok(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired;
+
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: NAME\nspec:\n  containers:\n  - name: c\n    image: busybox:1\n";
+
+    fn source(dir: &Path) -> (ManifestSource, desired::DesiredReader) {
+        let (writer, reader) = desired::channel();
+        let (recorder, _store) = crate::status::events::test_recorder();
+        let source = ManifestSource::new(
+            dir.into(),
+            "node1".into(),
+            Duration::from_secs(20),
+            writer,
+            recorder,
+        );
+        (source, reader)
+    }
+
+    fn names(reader: &desired::DesiredReader) -> Vec<String> {
+        let mut names: Vec<_> = reader
+            .snapshot()
+            .pods
+            .values()
+            .map(|p| p.name().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn only_manifest_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, name: &str| {
+            std::fs::write(dir.path().join(file), POD.replace("NAME", name)).unwrap()
+        };
+        write("a.yaml", "a");
+        write("b.yml", "b");
+        write("c.json.yaml", "c");
+        write("a.yaml~", "backup");
+        write("a.yaml.bak", "bak");
+        write(".hidden.yaml", "hidden");
+        write("notes.txt", "txt");
+        std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
+        let (mut source, reader) = source(dir.path());
+        source.sync();
+        assert_eq!(names(&reader), ["a-node1", "b-node1", "c-node1"]);
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yaml");
+        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
+        let (mut source, reader) = source(dir.path());
+        source.sync();
+        let uid = reader.snapshot().pods.keys().next().cloned().unwrap();
+        std::fs::write(&path, "apiVersion: v1\nkind: Pod\nmetadata: [").unwrap();
+        source.sync();
+        assert_eq!(reader.snapshot().pods.keys().next(), Some(&uid));
+        std::fs::write(
+            &path,
+            POD.replace("NAME", "web").replace("busybox:1", "busybox:2"),
+        )
+        .unwrap();
+        source.sync();
+        let snapshot = reader.snapshot();
+        assert_eq!(snapshot.pods.len(), 1);
+        assert_ne!(snapshot.pods.keys().next(), Some(&uid));
+    }
+
+    #[test]
+    fn removing_the_file_removes_the_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yaml");
+        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
+        let (mut source, reader) = source(dir.path());
+        source.sync();
+        std::fs::remove_file(&path).unwrap();
+        source.sync();
+        assert!(reader.snapshot().pods.is_empty());
+        assert!(reader.snapshot().synced);
+    }
+
+    #[test]
+    fn the_first_file_wins_a_duplicate_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), POD.replace("NAME", "web")).unwrap();
+        let second = POD.replace("NAME", "web").replace("busybox:1", "busybox:2");
+        std::fs::write(dir.path().join("b.yaml"), second).unwrap();
+        let (mut source, reader) = source(dir.path());
+        source.sync();
+        let snapshot = reader.snapshot();
+        assert_eq!(snapshot.pods.len(), 1);
+        let pod = snapshot.pods.values().next().unwrap();
+        assert!(pod.source.ends_with("a.yaml"));
+    }
+
+    #[test]
+    fn oversized_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = POD.replace("NAME", "big");
+        text.push_str(&format!("# {}\n", "x".repeat(MAX_MANIFEST_BYTES as usize)));
+        std::fs::write(dir.path().join("big.yaml"), text).unwrap();
+        let (mut source, reader) = source(dir.path());
+        source.sync();
+        assert!(reader.snapshot().pods.is_empty());
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_empty_set() {
+        let (mut source, reader) = source(Path::new("/nonexistent/podkeeper-manifests"));
+        source.sync();
+        assert!(reader.snapshot().synced);
+        assert!(reader.snapshot().pods.is_empty());
+    }
+}

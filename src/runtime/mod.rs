@@ -1,0 +1,26 @@
+//! Everything that touches containers: the pure OCI spec builder, labels and
+//! IDs, image references, the built-in pause image, and the one module that
+//! talks to containerd.
+
+pub mod containerd;
+pub mod image_ref;
+pub mod labels;
+pub mod pause;
+pub mod spec;
+
+/// The parts of an image's config a container's process is built from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+/// What a pod's containers need to know about its running sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxFacts {
+    /// PID of the pause process on the host, whose namespaces are joined.
+    pub pid: u32,
+}
