@@ -1,0 +1,190 @@
+//! Runs the real `podkeeper` binary against a private containerd, with its
+//! own manifest, state and log directories, and talks to its HTTP endpoint.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::containerd::PrivateContainerd;
+
+pub const NODE: &str = "node1";
+
+pub struct Agent {
+    child: Child,
+    pub manifests: PathBuf,
+    pub state: PathBuf,
+    pub logs: PathBuf,
+    pub namespace: String,
+    http: String,
+    log_file: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent on `containerd`, in containerd namespace `namespace`,
+    /// and waits until its HTTP endpoint answers.
+    pub fn start(containerd: &PrivateContainerd, namespace: &str) -> anyhow::Result<Agent> {
+        let base = containerd.dir().join(format!("agent-{namespace}"));
+        let manifests = base.join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let http = format!("127.0.0.1:{port}");
+        let log_file = base.join("agent.log");
+        let mut agent = Agent {
+            child: Command::new("/bin/true").spawn()?,
+            state: base.join("state"),
+            logs: base.join("logs"),
+            manifests,
+            namespace: namespace.into(),
+            http,
+            log_file,
+        };
+        agent.child = agent.spawn(containerd.socket())?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if agent.get("/healthz").is_ok() {
+                return Ok(agent);
+            }
+            if let Some(status) = agent.child.try_wait()? {
+                bail!("agent exited with {status}:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "agent did not answer on {} within 30 s:\n{}",
+            agent.http,
+            agent.log()
+        )
+    }
+
+    fn spawn(&self, socket: &Path) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)?;
+        Command::new(env!("CARGO_BIN_EXE_podkeeper"))
+            .arg("run")
+            .arg("--config")
+            .arg("/dev/null")
+            .arg("--manifest-dir")
+            .arg(&self.manifests)
+            .arg("--containerd-address")
+            .arg(socket)
+            .args(["--containerd-namespace", &self.namespace])
+            .args(["--http-listen", &self.http])
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--pod-log-dir")
+            .arg(&self.logs)
+            .args(["--node-name", NODE])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting podkeeper")
+    }
+
+    /// Writes a manifest the safe way (temporary dot-file, then rename).
+    pub fn write_manifest(&self, file: &str, text: &str) {
+        let temporary = self.manifests.join(format!(".{file}.tmp"));
+        std::fs::write(&temporary, text).expect("writing manifest");
+        std::fs::rename(&temporary, self.manifests.join(file)).expect("renaming manifest");
+    }
+
+    pub fn remove_manifest(&self, file: &str) {
+        std::fs::remove_file(self.manifests.join(file)).expect("removing manifest");
+    }
+
+    /// The agent's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// GET `path` on the agent's HTTP endpoint: (status code, body).
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(&self.http)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("malformed HTTP response")?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no status code")?;
+        Ok((code, body.to_string()))
+    }
+
+    /// The `/pods` PodList.
+    pub fn pods(&self) -> serde_json::Value {
+        let (code, body) = self.get("/pods").expect("GET /pods");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("/pods is JSON")
+    }
+
+    /// One pod of `/pods` by its full name.
+    pub fn pod(&self, name: &str) -> Option<serde_json::Value> {
+        self.pods()["items"]
+            .as_array()?
+            .iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .cloned()
+    }
+
+    /// Polls until `check` is true; panics with the agent log on timeout.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if check() {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\nagent log:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Names of containers whose state in a pod's status is `running`.
+pub fn running_containers(pod: &serde_json::Value) -> Vec<String> {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter(|c| c["state"]["running"].is_object())
+                .filter_map(|c| c["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
