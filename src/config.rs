@@ -275,6 +275,46 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_file_documents_every_key_with_its_default() {
+        let shipped = include_str!("../packaging/config.yaml");
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| {
+                l.split(':').next().is_some_and(|k| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                })
+            })
+            .map(|l| {
+                if l.trim_end().ends_with(':') {
+                    format!("{l} null\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        let from_file = Settings::merge(
+            RunFlags {
+                node_name: Some("n".into()),
+                ..Default::default()
+            },
+            file(&uncommented),
+        )
+        .unwrap();
+        let defaults = Settings::merge(
+            RunFlags {
+                node_name: Some("n".into()),
+                ..Default::default()
+            },
+            FileSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+        let keys = uncommented.lines().count();
+        assert_eq!(keys, 10, "every setting appears in packaging/config.yaml");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = serde_yaml::from_str::<FileSettings>("manifest_dirr: /x\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");

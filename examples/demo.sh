@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The podkeeper demo: builds podkeeper, makes sure a containerd is running
+# (starting a private one if none is), imports a busybox image built locally
+# (no registry needed), and runs the agent on examples/manifests in the
+# background. `examples/demo.sh stop` removes the demo's pods and stops what
+# the demo started. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+work=/var/lib/podkeeper-demo
+private_sock=/run/podkeeper-demo/containerd.sock
+system_sock=/run/containerd/containerd.sock
+namespace=podkeeper
+http=127.0.0.1:10255
+bin=$repo/target/release/podkeeper
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "examples/demo.sh must run as root (it starts containerd and containers)" >&2
+    exit 1
+fi
+
+ctr_at() { ctr --address "$1" --connect-timeout 2s "${@:2}"; }
+
+stop_demo() {
+    if [[ -f $work/agent.pid ]]; then
+        kill "$(cat "$work/agent.pid")" 2>/dev/null || true
+        rm -f "$work/agent.pid"
+    fi
+    local sock
+    sock=$(cat "$work/containerd.address" 2>/dev/null || true)
+    if [[ -n $sock ]] && ctr_at "$sock" version >/dev/null 2>&1; then
+        for c in $(ctr_at "$sock" -n "$namespace" containers ls -q 'labels."io.podkeeper.kind"'); do
+            ctr_at "$sock" -n "$namespace" tasks kill -a -s SIGKILL "$c" >/dev/null 2>&1 || true
+        done
+        sleep 1
+        for c in $(ctr_at "$sock" -n "$namespace" containers ls -q 'labels."io.podkeeper.kind"'); do
+            ctr_at "$sock" -n "$namespace" tasks delete -f "$c" >/dev/null 2>&1 || true
+            ctr_at "$sock" -n "$namespace" containers delete "$c" >/dev/null 2>&1 || true
+        done
+    fi
+    if [[ -f $work/containerd.pid ]]; then
+        kill "$(cat "$work/containerd.pid")" 2>/dev/null || true
+        rm -f "$work/containerd.pid"
+    fi
+    rm -f "$work/containerd.address"
+    echo "demo stopped"
+}
+
+if [[ ${1:-} == stop ]]; then
+    stop_demo
+    exit 0
+fi
+
+examples/install-deps.sh
+echo "building podkeeper (release)…"
+cargo build --release --locked
+mkdir -p "$work"
+[[ -f $work/agent.pid ]] && stop_demo >/dev/null
+
+if ctr_at "$system_sock" version >/dev/null 2>&1; then
+    sock=$system_sock
+    echo "using the running containerd at $sock (namespace $namespace)"
+else
+    sock=$private_sock
+    mkdir -p "$(dirname "$sock")" "$work/containerd"
+    cat >"$work/containerd/config.toml" <<TOML
+version = 2
+root = "$work/containerd/root"
+state = "/run/podkeeper-demo/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$sock"
+[ttrpc]
+  address = "$sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$work/containerd/opt"
+TOML
+    containerd --config "$work/containerd/config.toml" >"$work/containerd.log" 2>&1 &
+    echo $! >"$work/containerd.pid"
+    for _ in $(seq 100); do ctr_at "$sock" version >/dev/null 2>&1 && break; sleep 0.1; done
+    ctr_at "$sock" version >/dev/null
+    echo "started a private containerd at $sock (log: $work/containerd.log)"
+fi
+echo "$sock" >"$work/containerd.address"
+
+examples/build-busybox-image.sh "$work/busybox.tar" podkeeper.local/busybox:latest >/dev/null
+ctr_at "$sock" -n "$namespace" images import "$work/busybox.tar" >/dev/null
+echo "imported podkeeper.local/busybox:latest"
+
+"$bin" run --config /dev/null \
+    --manifest-dir "$repo/examples/manifests" \
+    --containerd-address "$sock" \
+    --containerd-namespace "$namespace" \
+    --http-listen "$http" \
+    --state-dir "$work/state" \
+    --pod-log-dir "$work/pods" \
+    --images-dir "$work/images" \
+    >"$work/agent.log" 2>&1 &
+echo $! >"$work/agent.pid"
+for _ in $(seq 100); do curl -fs "http://$http/healthz" >/dev/null && break; sleep 0.1; done
+curl -fs "http://$http/healthz" >/dev/null || { cat "$work/agent.log"; exit 1; }
+sleep 2
+
+cat <<TEXT
+
+podkeeper is running the pods in examples/manifests.
+
+  $bin get pods --state-dir $work/state
+  $bin describe pod web --state-dir $work/state
+  $bin logs web -c client --state-dir $work/state
+  $bin events --state-dir $work/state
+  curl -s http://$http/pods
+  agent log: $work/agent.log
+
+Add, edit or remove files in examples/manifests and watch the pods follow.
+Stop everything with: examples/demo.sh stop
+TEXT
+"$bin" get pods --state-dir "$work/state"
