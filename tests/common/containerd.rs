@@ -689,14 +689,21 @@ fn warn(msg: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "PrivateContainerd: {msg}");
 }
 
-/// Pids of processes whose argv satisfies `pred`.
-fn processes_matching(pred: impl Fn(&[String]) -> bool) -> Vec<libc::pid_t> {
+/// Every pid in /proc.
+fn all_pids() -> Vec<libc::pid_t> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .collect()
+}
+
+/// Pids of processes whose argv satisfies `pred`.
+fn processes_matching(pred: impl Fn(&[String]) -> bool) -> Vec<libc::pid_t> {
+    all_pids()
+        .into_iter()
         .filter(|pid| {
             let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
                 return false;
@@ -713,12 +720,8 @@ fn processes_matching(pred: impl Fn(&[String]) -> bool) -> Vec<libc::pid_t> {
 
 /// Pids whose parent is `parent` (from /proc/*/stat).
 fn children_of(parent: libc::pid_t) -> Vec<libc::pid_t> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+    all_pids()
+        .into_iter()
         .filter(|pid| {
             let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 return false;
