@@ -19,7 +19,7 @@ use crate::pod::worker::WorkerContext;
 use crate::pod::workers::Workers;
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::Containerd;
-use crate::runtime::image_ref;
+use crate::images::reference;
 use crate::status::events::EventLog;
 use crate::status::store::StatusStore;
 
@@ -115,7 +115,7 @@ async fn sandbox_image(runtime: &Containerd, settings: &Settings) -> anyhow::Res
             .context("preparing the built-in pause image"),
         Some(name) => {
             let name =
-                image_ref::normalize(name).map_err(|e| anyhow::anyhow!("sandbox-image: {e}"))?;
+                reference::normalize(name).map_err(|e| anyhow::anyhow!("sandbox-image: {e}"))?;
             runtime.resolve_image(&name).await.with_context(|| {
                 format!("sandbox-image {name} (it must already be present in containerd)")
             })

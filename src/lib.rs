@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod desired;
+pub mod images;
 pub mod manifest;
 pub mod pod;
 pub mod runtime;

@@ -19,7 +19,8 @@ use crate::runtime::containerd::events::RuntimeEvent;
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
 use crate::runtime::containerd::Containerd;
-use crate::runtime::{image_ref, labels, spec, SandboxFacts};
+use crate::images::reference;
+use crate::runtime::{labels, spec, SandboxFacts};
 use crate::status::events::{EventType, ObjectRef, Recorder};
 use crate::status::store::StatusStore;
 
@@ -212,7 +213,7 @@ impl Worker {
         for container in &containers {
             let image = container.image.clone().unwrap_or_default();
             let object = ObjectRef::container(&self.pod, &container.name, false);
-            let name = image_ref::normalize(&image).map_err(|message| {
+            let name = reference::normalize(&image).map_err(|message| {
                 self.ctx.recorder.record(
                     object.clone(),
                     EventType::Warning,

@@ -1,9 +1,8 @@
 //! Everything that touches containers: the pure OCI spec builder, labels and
-//! IDs, image references, the built-in pause image, and the one module that
-//! talks to containerd.
+//! IDs, the built-in pause image, and the one module that talks to
+//! containerd.
 
 pub mod containerd;
-pub mod image_ref;
 pub mod labels;
 pub mod pause;
 pub mod spec;
