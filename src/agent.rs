@@ -14,12 +14,16 @@ use tracing::{info, warn};
 use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::desired;
+use crate::images::credentials::Credentials;
+use crate::images::reference;
+use crate::images::registry::RegistryClient;
+use crate::images::service::ImageService;
 use crate::manifest::source::ManifestSource;
+use crate::pod::node::NodeRuntime;
 use crate::pod::worker::WorkerContext;
 use crate::pod::workers::Workers;
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::Containerd;
-use crate::images::reference;
 use crate::status::events::EventLog;
 use crate::status::store::StatusStore;
 
@@ -34,6 +38,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let events_runtime = runtime.clone();
     tokio::spawn(async move { events_runtime.forward_events(runtime_events_tx).await });
     let sandbox_image = sandbox_image(&runtime, &settings).await?;
+    let credentials = Credentials::load(&settings.registry_config)
+        .with_context(|| format!("registry-config {}", settings.registry_config.display()))?;
+    let registry = RegistryClient::new(credentials, settings.insecure_registries.clone());
+    let images = Arc::new(ImageService::new(runtime.clone(), registry));
 
     let (recorder, event_log) = EventLog::start(settings.node_name.clone());
     let status = Arc::new(StatusStore::default());
@@ -64,12 +72,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         recorder.clone(),
     );
     tokio::spawn(source.run());
+    let node = NodeRuntime {
+        containerd: runtime,
+        images,
+        sandbox_image,
+    };
     let context = Arc::new(WorkerContext {
-        runtime,
+        runtime: Arc::new(node),
         status,
         recorder,
         pod_log_dir: settings.pod_log_dir.clone(),
-        sandbox_image,
     });
     tokio::spawn(Workers::new(context).run(desired_reader, runtime_events_rx));
     info!(http = %settings.http_listen, api = %settings.api_socket().display(), "podkeeper running");

@@ -50,6 +50,12 @@ pub struct RunFlags {
     /// Seconds between full re-reads of the manifest directory [default: 20]
     #[arg(long)]
     pub manifest_resync_seconds: Option<u64>,
+    /// Docker-style config.json with registry credentials ("auths") [default: /root/.docker/config.json]
+    #[arg(long)]
+    pub registry_config: Option<PathBuf>,
+    /// Registry host[:port] spoken to over plain HTTP; repeatable (localhost and 127.0.0.1 always are)
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
 }
 
 /// The config file's keys; the same names as the flags.
@@ -66,6 +72,8 @@ struct FileSettings {
     node_name: Option<String>,
     sandbox_image: Option<String>,
     manifest_resync_seconds: Option<u64>,
+    registry_config: Option<PathBuf>,
+    insecure_registries: Option<Vec<String>>,
 }
 
 /// Settings after merging, validated once at start-up.
@@ -82,6 +90,8 @@ pub struct Settings {
     /// `None` means the built-in pause image.
     pub sandbox_image: Option<String>,
     pub manifest_resync: std::time::Duration,
+    pub registry_config: PathBuf,
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +194,16 @@ impl Settings {
             node_name,
             sandbox_image: flags.sandbox_image.or(file.sandbox_image),
             manifest_resync: std::time::Duration::from_secs(resync),
+            registry_config: pick(
+                flags.registry_config,
+                file.registry_config,
+                "/root/.docker/config.json",
+            ),
+            insecure_registries: if flags.insecure_registries.is_empty() {
+                file.insecure_registries.unwrap_or_default()
+            } else {
+                flags.insecure_registries
+            },
         })
     }
 
@@ -311,7 +331,7 @@ mod tests {
         .unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
         let keys = uncommented.lines().count();
-        assert_eq!(keys, 10, "every setting appears in packaging/config.yaml");
+        assert_eq!(keys, 12, "every setting appears in packaging/config.yaml");
     }
 
     #[test]

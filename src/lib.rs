@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod pod;
 pub mod runtime;
 pub mod status;
+pub mod watch;
 
 /// The generated code of podkeeper's own gRPC API (`proto/podkeeper/v1`).
 pub mod proto {

@@ -6,5 +6,7 @@
 
 pub mod archive;
 pub mod credentials;
+pub mod policy;
 pub mod reference;
 pub mod registry;
+pub mod service;

@@ -1,9 +1,8 @@
 //! The manifest directory: lists, watches and re-reads it, and publishes the
 //! resulting desired pods.
 //!
-//! Every trigger (start, an inotify event, the periodic re-list) does the same
-//! full pass over the directory, because inotify alone is known to miss
-//! edits (kubernetes#52939). A file that stops parsing keeps its last good
+//! Every trigger (start, an inotify event, the periodic re-list; see
+//! [`crate::watch`]) does the same full pass over the directory. A file that stops parsing keeps its last good
 //! pod running: only removing the file removes the pod.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -13,17 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use notify::Watcher;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::parse::{parse_manifest, MAX_MANIFEST_BYTES};
 use crate::desired::{DesiredPod, DesiredSet, DesiredWriter};
 use crate::status::events::{EventType, ObjectRef, Recorder};
-
-/// How long to wait after an inotify event for the rest of a burst (an
-/// editor's write-rename-chmod) before re-reading.
-const SETTLE: Duration = Duration::from_millis(100);
+use crate::watch::DirWatch;
 
 /// What the source remembers about one manifest file between passes.
 #[derive(Default)]
@@ -74,38 +68,11 @@ impl ManifestSource {
     /// Reads the directory now and then whenever it changes, until the task
     /// is dropped.
     pub async fn run(mut self) {
-        let (poke_tx, mut poke_rx) = mpsc::channel::<()>(1);
-        let mut watcher = None;
-        let mut ticker = tokio::time::interval(self.resync);
+        let mut watch = DirWatch::new(self.dir.clone(), self.resync);
         loop {
-            if watcher.is_none() {
-                watcher = self.watch(poke_tx.clone());
-            }
+            watch.next(None).await;
             self.sync();
-            tokio::select! {
-                _ = ticker.tick() => {}
-                Some(()) = poke_rx.recv() => {
-                    tokio::time::sleep(SETTLE).await;
-                    while poke_rx.try_recv().is_ok() {}
-                }
-            }
         }
-    }
-
-    /// Starts an inotify watch that pokes the loop; `None` if the directory
-    /// cannot be watched yet (the periodic re-list still covers it).
-    fn watch(&self, poke: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        let handler = move |result: notify::Result<notify::Event>| {
-            if result.is_ok() {
-                // A full channel already holds a pending poke.
-                let _ = poke.try_send(());
-            }
-        };
-        let mut watcher = notify::recommended_watcher(handler).ok()?;
-        watcher
-            .watch(&self.dir, notify::RecursiveMode::NonRecursive)
-            .ok()?;
-        Some(watcher)
     }
 
     /// One full pass: read every manifest, then publish the desired set.

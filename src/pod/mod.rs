@@ -1,8 +1,15 @@
 //! Pod workers: one task per pod UID brings the pod to its desired state on
 //! containerd and keeps its status. [`state`] is the pure model of a pod's
-//! containers and the status derived from it; [`worker`] executes; [`workers`]
-//! starts and stops workers as the desired set changes.
+//! containers and the status derived from it; [`plan`] decides what to do
+//! next; [`worker`] executes through the [`runtime::PodRuntime`] seam;
+//! [`workers`] starts and stops workers as the desired set changes.
 
+pub mod node;
+pub mod plan;
+pub mod runtime;
 pub mod state;
 pub mod worker;
 pub mod workers;
+
+#[cfg(test)]
+mod fake;

@@ -8,6 +8,9 @@ use k8s_openapi::api::core::v1::{
     ContainerStatus, PodCondition, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::time::Instant;
+
+use super::plan::Retry;
 
 /// One container's life as the worker saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +64,7 @@ impl RunState {
     }
 }
 
-/// What the status shows for one of the pod's containers.
+/// What the worker knows of one of the pod's containers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerRecord {
     pub name: String,
@@ -71,6 +74,29 @@ pub struct ContainerRecord {
     pub container_id: Option<String>,
     pub state: RunState,
     pub restart_count: i32,
+    /// Attempts to create this container so far; part of its containerd ID,
+    /// so a retry never collides with the remains of a failed one.
+    pub attempts: u32,
+    /// Back-off of failed attempts to start it.
+    pub retry: Retry,
+    /// When a shown `ErrImagePull` turns into `ImagePullBackOff`.
+    pub pull_backoff_at: Option<Instant>,
+}
+
+impl ContainerRecord {
+    pub fn new(name: String, image: String, state: RunState) -> ContainerRecord {
+        ContainerRecord {
+            name,
+            image,
+            image_id: String::new(),
+            container_id: None,
+            state,
+            restart_count: 0,
+            attempts: 0,
+            retry: Retry::default(),
+            pull_backoff_at: None,
+        }
+    }
 }
 
 /// Everything the worker knows about its pod, from which status is derived.
@@ -79,8 +105,10 @@ pub struct PodRecord {
     pub restart_policy: String,
     pub host_ip: Option<String>,
     pub start_time: Option<jiff::Timestamp>,
-    /// True once the sandbox task runs.
-    pub sandbox_ready: bool,
+    /// PID of the running sandbox's pause process.
+    pub sandbox_pid: Option<u32>,
+    /// Back-off of failed attempts to create the sandbox.
+    pub sandbox_retry: Retry,
     pub containers: Vec<ContainerRecord>,
 }
 
@@ -130,7 +158,12 @@ impl PodRecord {
             host_ip: self.host_ip.clone(),
             start_time: self.start_time.map(Time),
             conditions: Some(vec![
-                condition("PodReadyToStartContainers", self.sandbox_ready, None, None),
+                condition(
+                    "PodReadyToStartContainers",
+                    self.sandbox_pid.is_some(),
+                    None,
+                    None,
+                ),
                 condition("Initialized", true, None, None),
                 condition(
                     "Ready",
@@ -226,17 +259,14 @@ mod tests {
             restart_policy: policy.into(),
             host_ip: None,
             start_time: None,
-            sandbox_ready: true,
+            sandbox_pid: Some(1),
+            sandbox_retry: Retry::default(),
             containers: states
                 .into_iter()
                 .enumerate()
                 .map(|(i, state)| ContainerRecord {
-                    name: format!("c{i}"),
-                    image: "busybox".into(),
-                    image_id: String::new(),
                     container_id: Some(format!("id{i}")),
-                    state,
-                    restart_count: 0,
+                    ..ContainerRecord::new(format!("c{i}"), "busybox".into(), state)
                 })
                 .collect(),
         }

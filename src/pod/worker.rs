@@ -1,96 +1,102 @@
-//! One pod's worker: creates the sandbox and the pod's containers, follows
-//! their exits, and tears everything down when the pod is no longer desired.
+//! One pod's worker: brings up the sandbox and the pod's containers, each
+//! container on its own (one waiting for its image does not hold back the
+//! others), follows their exits, and tears everything down when the pod is
+//! no longer desired.
 //!
-//! A worker owns its pod's state outright (no locks): it is the only task
-//! that changes the pod's containers and the only writer of its status.
+//! The loop is "decide, act, wait": [`plan`] says what is due, the worker
+//! does it through the [`PodRuntime`] seam, then sleeps until the plan's
+//! next deadline, a containerd event, an image arrival or the stop signal.
+//! A worker owns its pod's state outright (no locks) and is the only writer
+//! of its status.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Container;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::plan::{plan, PULL_ERROR_VISIBLE};
+use super::runtime::PodRuntime;
 use super::state::{ContainerRecord, PodRecord, RunState};
 use crate::desired::DesiredPod;
+use crate::images::policy::{Ensured, ImageError, Provenance, PullPolicy};
 use crate::runtime::containerd::events::RuntimeEvent;
-use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
-use crate::runtime::containerd::Containerd;
-use crate::images::reference;
 use crate::runtime::{labels, spec, SandboxFacts};
 use crate::status::events::{EventType, ObjectRef, Recorder};
 use crate::status::store::StatusStore;
-
-/// First and longest wait between attempts to start a pod that failed.
-const RETRY_INITIAL: Duration = Duration::from_secs(10);
-const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// How long the pause process gets to exit on SIGTERM before SIGKILL.
 const SANDBOX_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every worker shares.
-pub struct WorkerContext {
-    pub runtime: Containerd,
+pub struct WorkerContext<R> {
+    pub runtime: Arc<R>,
     pub status: Arc<StatusStore>,
     pub recorder: Recorder,
     pub pod_log_dir: PathBuf,
-    pub sandbox_image: ResolvedImage,
 }
 
-/// Why a pod could not be started; the worker retries after a back-off.
+/// Why one container could not be started.
 struct StartFailure {
-    /// Waiting reason shown on the containers, e.g. `ErrImagePull`.
+    /// Waiting reason, e.g. `ErrImagePull`, `CreateContainerError`.
     reason: &'static str,
     message: String,
 }
 
-pub struct Worker {
-    ctx: Arc<WorkerContext>,
+/// A container that was started.
+struct Started {
+    id: String,
+    image_id: String,
+    at: jiff::Timestamp,
+}
+
+pub struct Worker<R> {
+    ctx: Arc<WorkerContext<R>>,
     pod: Arc<DesiredPod>,
     record: PodRecord,
     sandbox_id: String,
     /// Containers the OOM killer hit during their current run.
-    oom_killed: HashSet<String>,
+    oom_killed: std::collections::HashSet<String>,
     events: mpsc::UnboundedReceiver<RuntimeEvent>,
+    arrivals: watch::Receiver<u64>,
     stop: oneshot::Receiver<()>,
 }
 
-impl Worker {
+impl<R: PodRuntime> Worker<R> {
     pub fn new(
-        ctx: Arc<WorkerContext>,
+        ctx: Arc<WorkerContext<R>>,
         pod: Arc<DesiredPod>,
         events: mpsc::UnboundedReceiver<RuntimeEvent>,
         stop: oneshot::Receiver<()>,
-    ) -> Worker {
+    ) -> Worker<R> {
         let spec = pod.pod.spec.clone().unwrap_or_default();
         let containers = spec
             .containers
             .iter()
-            .map(|c| ContainerRecord {
-                name: c.name.clone(),
-                image: c.image.clone().unwrap_or_default(),
-                image_id: String::new(),
-                container_id: None,
-                state: RunState::creating(),
-                restart_count: 0,
+            .map(|c| {
+                let image = c.image.clone().unwrap_or_default();
+                ContainerRecord::new(c.name.clone(), image, RunState::creating())
             })
             .collect();
         let record = PodRecord {
             restart_policy: spec.restart_policy.unwrap_or_else(|| "Always".into()),
             host_ip: None,
             start_time: None,
-            sandbox_ready: false,
+            sandbox_pid: None,
+            sandbox_retry: Default::default(),
             containers,
         };
         Worker {
             sandbox_id: labels::sandbox_id(pod.uid()),
+            arrivals: ctx.runtime.image_arrivals(),
             ctx,
             pod,
             record,
-            oom_killed: HashSet::new(),
+            oom_killed: Default::default(),
             events,
             stop,
         }
@@ -99,99 +105,144 @@ impl Worker {
     /// Runs the pod until it is told to stop, then removes it.
     pub async fn run(mut self) {
         self.publish();
-        self.remove_all_objects().await;
-        let mut retry = RETRY_INITIAL;
-        loop {
-            match self.start_pod().await {
-                Ok(()) => break,
-                Err(failure) => {
-                    warn!(pod = %self.pod.name(), file = %self.pod.source.display(), reason = failure.reason, "cannot start pod: {}; retrying in {retry:?}", failure.message);
-                    self.set_waiting(failure.reason, &failure.message);
-                    self.remove_all_objects().await;
-                    if self.stopped_within(retry).await {
-                        return self.finish().await;
-                    }
-                    retry = (retry * 2).min(RETRY_MAX);
-                }
+        self.ctx.runtime.remove_pod(self.pod.uid()).await;
+        if self.has_init_containers() {
+            let message = "initContainers are not supported by this version of podkeeper";
+            self.record_pod_event(EventType::Warning, "FailedCreate", message);
+            for c in &mut self.record.containers {
+                c.state = RunState::Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message: message.into(),
+                };
+                c.retry.not_before = Some(Instant::now() + Duration::from_secs(86400 * 365));
             }
         }
         loop {
+            let now = Instant::now();
+            let plan = plan(&self.record, now);
+            if plan.create_sandbox {
+                self.create_sandbox().await;
+                self.publish();
+                continue;
+            }
+            for name in &plan.show_pull_backoff {
+                self.show_pull_backoff(name);
+            }
+            if !plan.start.is_empty() {
+                self.start_containers(&plan.start).await;
+            }
+            if !plan.show_pull_backoff.is_empty() || !plan.start.is_empty() {
+                self.publish();
+                continue;
+            }
+            let far = now + Duration::from_secs(86400);
             tokio::select! {
                 _ = &mut self.stop => break,
                 event = self.events.recv() => match event {
                     Some(event) => self.on_runtime_event(event).await,
                     None => break,
                 },
+                Ok(()) = self.arrivals.changed() => self.retry_image_waits(),
+                _ = tokio::time::sleep_until(plan.wake_at.unwrap_or(far)) => {}
             }
         }
-        self.finish().await;
-    }
-
-    /// Waits `delay`, returning early (true) if the pod is to stop.
-    async fn stopped_within(&mut self, delay: Duration) -> bool {
-        tokio::select! {
-            _ = &mut self.stop => true,
-            _ = tokio::time::sleep(delay) => false,
-        }
-    }
-
-    async fn finish(mut self) {
         self.stop_pod().await;
         self.ctx.status.remove(self.pod.uid());
         info!(pod = %self.pod.name(), uid = %self.pod.uid(), "pod removed");
+    }
+
+    fn has_init_containers(&self) -> bool {
+        let spec = self.pod.pod.spec.as_ref();
+        spec.and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|i| !i.is_empty())
     }
 
     fn publish(&self) {
         self.ctx.status.set(self.pod.uid(), self.record.to_status());
     }
 
-    fn set_waiting(&mut self, reason: &str, message: &str) {
-        for c in &mut self.record.containers {
-            c.state = RunState::Waiting {
-                reason: reason.into(),
-                message: message.into(),
-            };
-            c.container_id = None;
+    async fn create_sandbox(&mut self) {
+        let image = self.ctx.runtime.sandbox_image().clone();
+        let result = match spec::sandbox_spec(&self.pod, &image.config, &self.sandbox_id) {
+            Ok(oci) => {
+                let new = NewContainer {
+                    id: &self.sandbox_id,
+                    image: &image.name,
+                    chain_id: &image.chain_id,
+                    spec: &oci,
+                    labels: labels::for_container(&self.pod, labels::SANDBOX_NAME),
+                    log_file: None,
+                };
+                self.ctx
+                    .runtime
+                    .run_container(new)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(pid) => {
+                self.record.sandbox_pid = Some(pid);
+                self.record.start_time = Some(jiff::Timestamp::now());
+            }
+            Err(message) => {
+                let _ = self.ctx.runtime.remove_container(&self.sandbox_id).await;
+                let wait = self.record.sandbox_retry.failed(Instant::now());
+                warn!(pod = %self.pod.name(), file = %self.pod.source.display(), "cannot create the pod sandbox: {message}; retrying in {wait:?}");
+                self.record_pod_event(
+                    EventType::Warning,
+                    "FailedCreatePodSandBox",
+                    &format!("Failed to create pod sandbox: {message}"),
+                );
+            }
         }
-        self.record.sandbox_ready = false;
-        self.publish();
     }
 
-    /// Sandbox first, then every container in parallel.
-    async fn start_pod(&mut self) -> Result<(), StartFailure> {
-        if self
-            .pod
-            .pod
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.init_containers.as_ref().is_some_and(|i| !i.is_empty()))
-        {
-            let message =
-                "initContainers are not supported by this version of podkeeper".to_string();
-            self.record_pod_event(EventType::Warning, "FailedCreate", &message);
-            return Err(StartFailure {
-                reason: "CreateContainerConfigError",
-                message,
-            });
+    /// Starts the named containers in parallel and records the outcomes.
+    async fn start_containers(&mut self, names: &[String]) {
+        let Some(pid) = self.record.sandbox_pid else {
+            return;
+        };
+        let sandbox = SandboxFacts { pid };
+        let specs = self.pod.pod.spec.clone().unwrap_or_default().containers;
+        let mut attempts = Vec::new();
+        for name in names {
+            let (Some(container), Some(record)) = (
+                specs.iter().find(|c| &c.name == name),
+                self.record.container_mut(name),
+            ) else {
+                continue;
+            };
+            let attempt = record.attempts;
+            record.attempts += 1;
+            attempts.push((container.clone(), attempt));
         }
-        let images = self.resolve_images().await?;
-        let sandbox = self.start_sandbox().await?;
-        let containers = self.pod.pod.spec.clone().unwrap_or_default().containers;
-        let starts = containers
+        let starts = attempts
             .iter()
-            .zip(&images)
-            .map(|(container, image)| self.start_container(container, image, sandbox));
+            .map(|(container, attempt)| self.start_container(container, *attempt, sandbox));
         let results = futures::future::join_all(starts).await;
-        for (container, result) in containers.iter().zip(results) {
+        let now = Instant::now();
+        for ((container, _), result) in attempts.iter().zip(results) {
             let Some(record) = self.record.container_mut(&container.name) else {
                 continue;
             };
             match result {
-                Ok((id, started_at)) => {
-                    record.container_id = Some(id);
-                    record.state = RunState::Running { started_at };
+                Ok(started) => {
+                    record.container_id = Some(started.id);
+                    record.image_id = started.image_id;
+                    record.state = RunState::Running {
+                        started_at: started.at,
+                    };
+                    record.retry = Default::default();
+                    record.pull_backoff_at = None;
                 }
                 Err(failure) => {
+                    let wait = record.retry.failed(now);
+                    record.pull_backoff_at = (failure.reason == "ErrImagePull")
+                        .then(|| now + PULL_ERROR_VISIBLE.min(wait / 2));
+                    record.container_id = None;
+                    warn!(pod = %self.pod.name(), container = %container.name, file = %self.pod.source.display(), reason = failure.reason, "cannot start container: {}; retrying in {wait:?}", failure.message);
                     record.state = RunState::Waiting {
                         reason: failure.reason.into(),
                         message: failure.message,
@@ -199,107 +250,17 @@ impl Worker {
                 }
             }
         }
-        for (c, image) in self.record.containers.iter_mut().zip(&images) {
-            c.image_id = image.digest.clone();
-        }
-        self.publish();
-        info!(pod = %self.pod.name(), uid = %self.pod.uid(), phase = self.record.phase(), "pod started");
-        Ok(())
     }
 
-    async fn resolve_images(&self) -> Result<Vec<ResolvedImage>, StartFailure> {
-        let containers = self.pod.pod.spec.clone().unwrap_or_default().containers;
-        let mut images = Vec::with_capacity(containers.len());
-        for container in &containers {
-            let image = container.image.clone().unwrap_or_default();
-            let object = ObjectRef::container(&self.pod, &container.name, false);
-            let name = reference::normalize(&image).map_err(|message| {
-                self.ctx.recorder.record(
-                    object.clone(),
-                    EventType::Warning,
-                    "InspectFailed",
-                    format!("Failed to apply default image tag {image:?}: {message}"),
-                );
-                StartFailure {
-                    reason: "InvalidImageName",
-                    message,
-                }
-            })?;
-            match self.ctx.runtime.resolve_image(&name).await {
-                Ok(resolved) => images.push(resolved),
-                Err(e) if e.is_not_found() => {
-                    let message = format!("image {name:?} is not present on this node and pulling is not available yet");
-                    self.ctx.recorder.record(
-                        object,
-                        EventType::Warning,
-                        "Failed",
-                        format!("Failed to pull image {image:?}: {message}"),
-                    );
-                    return Err(StartFailure {
-                        reason: "ErrImagePull",
-                        message,
-                    });
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    self.ctx.recorder.record(
-                        object,
-                        EventType::Warning,
-                        "InspectFailed",
-                        format!("Failed to inspect image {image:?}: {message}"),
-                    );
-                    return Err(StartFailure {
-                        reason: "ImageInspectError",
-                        message,
-                    });
-                }
-            }
-        }
-        Ok(images)
-    }
-
-    async fn start_sandbox(&mut self) -> Result<SandboxFacts, StartFailure> {
-        let image = &self.ctx.sandbox_image;
-        let fail = |this: &Self, message: String| {
-            this.record_pod_event(
-                EventType::Warning,
-                "FailedCreatePodSandBox",
-                &format!("Failed to create pod sandbox: {message}"),
-            );
-            StartFailure {
-                reason: "ContainerCreating",
-                message,
-            }
-        };
-        let oci = spec::sandbox_spec(&self.pod, &image.config, &self.sandbox_id)
-            .map_err(|e| fail(self, e.to_string()))?;
-        let new = NewContainer {
-            id: &self.sandbox_id,
-            image: &image.name,
-            chain_id: &image.chain_id,
-            spec: &oci,
-            labels: labels::for_container(&self.pod, labels::SANDBOX_NAME),
-            log_file: None,
-        };
-        let runtime = &self.ctx.runtime;
-        let pid = match runtime.create_container(new).await {
-            Ok(_) => runtime.start_task(&self.sandbox_id).await,
-            Err(e) => Err(e),
-        }
-        .map_err(|e| fail(self, e.to_string()))?;
-        self.record.sandbox_ready = true;
-        self.record.start_time = Some(jiff::Timestamp::now());
-        Ok(SandboxFacts { pid })
-    }
-
-    /// Creates and starts one container; returns its ID and start time.
+    /// Image, spec, log file, container, task: one attempt.
     async fn start_container(
         &self,
         container: &Container,
-        image: &ResolvedImage,
+        attempt: u32,
         sandbox: SandboxFacts,
-    ) -> Result<(String, jiff::Timestamp), StartFailure> {
+    ) -> Result<Started, StartFailure> {
         let object = ObjectRef::container(&self.pod, &container.name, false);
+        let ensured = self.ensure_image(container, &object).await?;
         let recorder = &self.ctx.recorder;
         let fail = |reason: &'static str, message: String| {
             recorder.record(
@@ -310,7 +271,8 @@ impl Worker {
             );
             StartFailure { reason, message }
         };
-        let id = labels::container_id(self.pod.uid(), &container.name, 0);
+        let id = labels::container_id(self.pod.uid(), &container.name, attempt);
+        let image = &ensured.image;
         let oci = spec::container_spec(&self.pod, container, &image.config, sandbox, &id)
             .map_err(|e| fail("CreateContainerConfigError", e.to_string()))?;
         let log_file = self.prepare_log_file(&container.name, 0).map_err(|e| {
@@ -327,29 +289,147 @@ impl Worker {
             labels: labels::for_container(&self.pod, &container.name),
             log_file: Some(&log_file),
         };
-        self.ctx
-            .runtime
-            .create_container(new)
-            .await
-            .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+        match self.ctx.runtime.run_container(new).await {
+            Ok(_) => {}
+            Err(e) => {
+                let _ = self.ctx.runtime.remove_container(&id).await;
+                return Err(fail("RunContainerError", e.to_string()));
+            }
+        }
+        let name = &container.name;
         recorder.record(
             object.clone(),
             EventType::Normal,
             "Created",
-            format!("Created container: {}", container.name),
+            format!("Created container: {name}"),
         );
-        self.ctx
-            .runtime
-            .start_task(&id)
-            .await
-            .map_err(|e| fail("RunContainerError", e.to_string()))?;
         recorder.record(
             object,
             EventType::Normal,
             "Started",
-            format!("Started container {}", container.name),
+            format!("Started container {name}"),
         );
-        Ok((id, jiff::Timestamp::now()))
+        Ok(Started {
+            id,
+            image_id: image.digest.clone(),
+            at: jiff::Timestamp::now(),
+        })
+    }
+
+    /// The image by the container's pull policy, with the kubelet's events.
+    async fn ensure_image(
+        &self,
+        container: &Container,
+        object: &ObjectRef,
+    ) -> Result<Ensured, StartFailure> {
+        let image = container.image.clone().unwrap_or_default();
+        let policy = PullPolicy::parse(container.image_pull_policy.as_deref());
+        let recorder = self.ctx.recorder.clone();
+        let on_pull = {
+            let (recorder, object, image) = (recorder.clone(), object.clone(), image.clone());
+            Box::new(move || {
+                recorder.record(
+                    object,
+                    EventType::Normal,
+                    "Pulling",
+                    format!("Pulling image {image:?}"),
+                );
+            })
+        };
+        match self.ctx.runtime.ensure_image(&image, policy, on_pull).await {
+            Ok(ensured) => {
+                let message = match &ensured.provenance {
+                    Provenance::AlreadyPresent => {
+                        format!("Container image {image:?} already present on machine")
+                    }
+                    Provenance::Pulled { duration } => format!(
+                        "Successfully pulled image {image:?} in {duration:.3?} ({duration:.3?} including waiting). Image size: {} bytes.",
+                        ensured.image.size
+                    ),
+                    Provenance::LocalFallback { error } => {
+                        recorder.record(
+                            object.clone(),
+                            EventType::Warning,
+                            "RegistryUnreachable",
+                            format!("Cannot reach the registry for {image:?} ({error}); using the image already present on machine"),
+                        );
+                        format!("Container image {image:?} already present on machine")
+                    }
+                };
+                recorder.record(object.clone(), EventType::Normal, "Pulled", message);
+                Ok(ensured)
+            }
+            Err(error) => {
+                let (reason, message) = match &error {
+                    ImageError::InvalidName(e) => (
+                        "InspectFailed",
+                        format!("Failed to apply default image tag {image:?}: {e}"),
+                    ),
+                    ImageError::NeverPull(_) => ("ErrImageNeverPull", error.to_string()),
+                    ImageError::Pull(e) => {
+                        ("Failed", format!("Failed to pull image {image:?}: {e}"))
+                    }
+                    ImageError::Inspect(_) => ("InspectFailed", error.to_string()),
+                };
+                recorder.record(object.clone(), EventType::Warning, reason, message.clone());
+                if let ImageError::Pull(_) = error {
+                    recorder.record(
+                        object.clone(),
+                        EventType::Warning,
+                        "Failed",
+                        "Error: ErrImagePull",
+                    );
+                }
+                Err(StartFailure {
+                    reason: error.reason(),
+                    message,
+                })
+            }
+        }
+    }
+
+    /// `ErrImagePull` becomes `ImagePullBackOff` while the next pull waits.
+    fn show_pull_backoff(&mut self, name: &str) {
+        let object = ObjectRef::container(&self.pod, name, false);
+        let Some(record) = self.record.container_mut(name) else {
+            return;
+        };
+        record.pull_backoff_at = None;
+        let RunState::Waiting { message, .. } = &record.state else {
+            return;
+        };
+        let image = record.image.clone();
+        record.state = RunState::Waiting {
+            reason: "ImagePullBackOff".into(),
+            message: format!("Back-off pulling image {image:?}: {message}"),
+        };
+        let recorder = &self.ctx.recorder;
+        recorder.record(
+            object.clone(),
+            EventType::Normal,
+            "BackOff",
+            format!("Back-off pulling image {image:?}"),
+        );
+        recorder.record(
+            object,
+            EventType::Warning,
+            "Failed",
+            "Error: ImagePullBackOff",
+        );
+    }
+
+    /// An image arrived: containers waiting for one try again now.
+    fn retry_image_waits(&mut self) {
+        for c in &mut self.record.containers {
+            if let RunState::Waiting { reason, .. } = &c.state {
+                if matches!(
+                    reason.as_str(),
+                    "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull"
+                ) {
+                    c.retry.retry_now();
+                }
+            }
+        }
     }
 
     /// `<pod-log-dir>/<namespace>_<name>_<uid>/<container>/<restart>.log`,
@@ -394,7 +474,6 @@ impl Worker {
     ) {
         if container_id == self.sandbox_id {
             warn!(pod = %self.pod.name(), exit_status, "the pod sandbox exited");
-            self.record.sandbox_ready = false;
             self.publish();
             return;
         }
@@ -452,6 +531,7 @@ impl Worker {
             .filter(|c| matches!(c.state, RunState::Running { .. }))
             .filter_map(|c| Some((c.name.clone(), c.container_id.clone()?)))
             .collect();
+        let runtime = &self.ctx.runtime;
         let stops = running.iter().map(|(name, id)| {
             self.ctx.recorder.record(
                 ObjectRef::container(&self.pod, name, false),
@@ -459,46 +539,20 @@ impl Worker {
                 "Killing",
                 format!("Stopping container {name}"),
             );
-            self.stop_task(id, Duration::from_secs(grace))
+            runtime.stop_container(id, Duration::from_secs(grace))
         });
         futures::future::join_all(stops).await;
-        if self.record.sandbox_ready {
-            self.stop_task(&self.sandbox_id, SANDBOX_STOP_TIMEOUT).await;
+        if self.record.sandbox_pid.is_some() {
+            runtime
+                .stop_container(&self.sandbox_id, SANDBOX_STOP_TIMEOUT)
+                .await;
         }
-        self.remove_all_objects().await;
+        runtime.remove_pod(self.pod.uid()).await;
         if let Err(e) = std::fs::remove_dir_all(self.pod_log_dir()) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(pod = %self.pod.name(), error = %e, "cannot remove the pod's log directory");
             }
         }
-    }
-
-    /// SIGTERM, then SIGKILL to every process once `grace` has passed.
-    async fn stop_task(&self, id: &str, grace: Duration) {
-        let runtime = &self.ctx.runtime;
-        if let Err(e) = runtime.kill_task(id, libc::SIGTERM as u32, false).await {
-            if !e.is_not_found() {
-                warn!(container = id, error = %e, "cannot send SIGTERM");
-            }
-            return;
-        }
-        if tokio::time::timeout(grace, runtime.wait_task(id))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        if let Err(e) = runtime.kill_task(id, libc::SIGKILL as u32, true).await {
-            if !e.is_not_found() {
-                warn!(container = id, error = %e, "cannot send SIGKILL");
-            }
-        }
-    }
-
-    /// Removes every containerd object labelled with this pod's UID: what a
-    /// failed start left, or what an earlier agent run left behind.
-    async fn remove_all_objects(&self) {
-        remove_pod_objects(&self.ctx.runtime, self.pod.uid()).await;
     }
 
     fn record_pod_event(&self, event_type: EventType, reason: &str, message: &str) {
@@ -511,28 +565,4 @@ impl Worker {
 /// The kubelet's per-pod log directory.
 pub fn pod_log_dir(root: &std::path::Path, pod: &DesiredPod) -> PathBuf {
     root.join(format!("{}_{}_{}", pod.namespace(), pod.name(), pod.uid()))
-}
-
-/// Removes all containers of pod `uid`, app containers before the sandbox
-/// whose namespaces they use.
-pub async fn remove_pod_objects(runtime: &Containerd, uid: &str) {
-    let filter = labels::pod_filter(uid);
-    let containers = match runtime.list_containers(&filter).await {
-        Ok(containers) => containers,
-        Err(e) => {
-            warn!(uid, error = %e, "cannot list the pod's containers");
-            return;
-        }
-    };
-    let (sandboxes, apps): (Vec<_>, Vec<_>) = containers.into_iter().partition(|c| {
-        c.labels.get(labels::KIND).map(String::as_str) == Some(labels::KIND_SANDBOX)
-    });
-    for group in [apps, sandboxes] {
-        let removals = group.iter().map(|c| runtime.remove_container(&c.id));
-        for (c, result) in group.iter().zip(futures::future::join_all(removals).await) {
-            if let Err(e) = result {
-                warn!(container = %c.id, error = %e, "cannot remove container");
-            }
-        }
-    }
 }

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use super::worker::{remove_pod_objects, Worker, WorkerContext};
+use super::runtime::PodRuntime;
+use super::worker::{Worker, WorkerContext};
 use crate::desired::{DesiredPod, DesiredReader, DesiredState};
 use crate::runtime::containerd::events::RuntimeEvent;
 use crate::runtime::labels;
@@ -26,8 +27,8 @@ struct Handle {
     stop: Option<oneshot::Sender<()>>,
 }
 
-pub struct Workers {
-    ctx: Arc<WorkerContext>,
+pub struct Workers<R> {
+    ctx: Arc<WorkerContext<R>>,
     workers: HashMap<String, Handle>,
     /// Pod UID by container-ID prefix, for routing events.
     by_prefix: HashMap<String, String>,
@@ -35,8 +36,8 @@ pub struct Workers {
     orphans_collected: bool,
 }
 
-impl Workers {
-    pub fn new(ctx: Arc<WorkerContext>) -> Workers {
+impl<R: PodRuntime> Workers<R> {
+    pub fn new(ctx: Arc<WorkerContext<R>>) -> Workers<R> {
         Workers {
             ctx,
             workers: HashMap::new(),
@@ -152,26 +153,17 @@ impl Workers {
     /// of pods that are not desired (left by an earlier run of the agent
     /// whose manifests were removed meanwhile).
     async fn collect_orphans(&self, state: &DesiredState) {
-        let runtime = &self.ctx.runtime;
-        let containers = match runtime.list_containers(&labels::any_pod_filter()).await {
-            Ok(containers) => containers,
+        let uids = match self.ctx.runtime.pod_uids().await {
+            Ok(uids) => uids,
             Err(e) => {
                 warn!(error = %e, "cannot list containers to clean up");
                 return;
             }
         };
-        let mut orphan_uids: Vec<String> = containers
-            .iter()
-            .filter_map(|c| c.labels.get(labels::POD_UID))
-            .filter(|uid| !state.pods.contains_key(*uid))
-            .cloned()
-            .collect();
-        orphan_uids.sort();
-        orphan_uids.dedup();
-        for uid in orphan_uids {
+        for uid in uids.into_iter().filter(|uid| !state.pods.contains_key(uid)) {
             info!(uid = %uid, "removing containers of a pod that is no longer desired");
-            let runtime = runtime.clone();
-            tokio::spawn(async move { remove_pod_objects(&runtime, &uid).await });
+            let runtime = self.ctx.runtime.clone();
+            tokio::spawn(async move { runtime.remove_pod(&uid).await });
         }
     }
 }

@@ -1,34 +1,31 @@
-//! Images in containerd's stores: writing the built-in pause image, and
-//! resolving an image name to its config and unpacked root filesystem.
+//! Images in containerd: registering an image whose blobs were written
+//! through an [`Ingest`] (labelling its content for containerd's garbage
+//! collector and unpacking its layers into snapshots), and resolving an image
+//! name to its config and root filesystem.
 
 use std::collections::HashMap;
 
-use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::images_client::ImagesClient;
-use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    ApplyRequest, CreateImageRequest, CreateRequest, DeleteRequest, GetImageRequest, Image,
-    ReadContentRequest, WriteAction, WriteContentRequest,
+    ApplyRequest, CreateImageRequest, DeleteImageRequest, GetImageRequest, Image,
+    ListImagesRequest, UpdateImageRequest,
 };
 use containerd_client::types::Descriptor;
-use futures::StreamExt;
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use sha2::{Digest, Sha256};
 
 use super::client::{rpc, Containerd, RuntimeError};
-use crate::runtime::pause::{self, Blob, ImageBlobs};
+use super::content::{hex, Ingest};
+use crate::runtime::pause::{self, Blob};
 use crate::runtime::ImageConfig;
 
 /// The snapshotter podkeeper unpacks into and runs containers from.
 pub const SNAPSHOTTER: &str = "overlayfs";
-
-/// Chunk size for content writes.
-const WRITE_CHUNK: usize = 1 << 20;
 
 /// An image ready to run a container from.
 #[derive(Debug, Clone)]
@@ -39,6 +36,23 @@ pub struct ResolvedImage {
     pub config: ImageConfig,
     /// Chain ID of the top layer: the parent snapshot of a container's rootfs.
     pub chain_id: String,
+    /// Bytes of the platform manifest's config and layers (compressed).
+    pub size: u64,
+}
+
+/// An image record as listed.
+#[derive(Debug, Clone)]
+pub struct ImageRecord {
+    pub name: String,
+    pub digest: String,
+    pub size: u64,
+    pub created: Option<jiff::Timestamp>,
+}
+
+/// The platform manifest of an image and what it was reached through.
+struct PlatformManifest {
+    manifest: ImageManifest,
+    digest: String,
 }
 
 impl Containerd {
@@ -55,127 +69,145 @@ impl Containerd {
             image: name.clone(),
             source,
         })?;
-        let lease = self.create_lease("podkeeper-pause").await?;
-        let result = self.import_single_layer(&name, &blobs, &lease).await;
-        self.delete_lease(&lease).await;
+        let ingest = self.begin_ingest("pause").await?;
+        let result = async {
+            for blob in [&blobs.layer, &blobs.config, &blobs.manifest] {
+                ingest
+                    .put_bytes(Some(&blob.digest), blob.data.clone())
+                    .await?;
+            }
+            self.register_image(&ingest, &name, descriptor(&blobs.manifest))
+                .await
+        }
+        .await;
+        ingest.finish().await;
         result?;
         tracing::info!(image = %name, digest = %blobs.manifest.digest, "built-in pause image created");
         self.resolve_image(&name).await
     }
 
-    async fn import_single_layer(
+    /// Makes `name` point at `target`, whose blobs are in the content
+    /// store: labels the content so the garbage collector keeps what the
+    /// image uses, unpacks this platform's layers, then creates or updates
+    /// the image record. Call it under the ingest that wrote the blobs.
+    pub async fn register_image(
         &self,
+        ingest: &Ingest,
         name: &str,
-        blobs: &ImageBlobs,
-        lease: &str,
+        target: Descriptor,
     ) -> Result<(), RuntimeError> {
-        let chain_id = blobs.layer.digest.clone();
-        let layer_labels = HashMap::from([(
-            "containerd.io/uncompressed".to_string(),
-            blobs.layer.digest.clone(),
-        )]);
-        let config_labels = HashMap::from([(
-            format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
-            chain_id.clone(),
-        )]);
-        let manifest_labels = HashMap::from([
-            (
-                "containerd.io/gc.ref.content.config".to_string(),
-                blobs.config.digest.clone(),
-            ),
-            (
-                "containerd.io/gc.ref.content.l.0".to_string(),
-                blobs.layer.digest.clone(),
-            ),
-        ]);
-        self.write_blob(&blobs.layer, layer_labels, lease).await?;
-        self.write_blob(&blobs.config, config_labels, lease).await?;
-        self.write_blob(&blobs.manifest, manifest_labels, lease)
+        let platform = self.platform_manifest(name, &target).await?;
+        if platform.digest != target.digest {
+            self.label_blob(
+                &target.digest,
+                HashMap::from([(
+                    "containerd.io/gc.ref.content.m.0".to_string(),
+                    platform.digest.clone(),
+                )]),
+            )
             .await?;
-        self.unpack_layers(&[descriptor(&blobs.layer)], &[chain_id], lease)
+        }
+        let manifest = &platform.manifest;
+        let mut manifest_labels = HashMap::from([(
+            "containerd.io/gc.ref.content.config".to_string(),
+            manifest.config().digest().to_string(),
+        )]);
+        for (i, layer) in manifest.layers().iter().enumerate() {
+            manifest_labels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                layer.digest().to_string(),
+            );
+        }
+        self.label_blob(&platform.digest, manifest_labels).await?;
+        let config = self.image_configuration(name, manifest).await?;
+        let chain_id = self.unpack(ingest, name, manifest, &config).await?;
+        self.label_blob(
+            manifest.config().digest().as_ref(),
+            HashMap::from([(
+                format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
+                chain_id,
+            )]),
+        )
+        .await?;
+        for (layer, diff_id) in manifest.layers().iter().zip(config.rootfs().diff_ids()) {
+            self.label_blob(
+                layer.digest().as_ref(),
+                HashMap::from([("containerd.io/uncompressed".to_string(), diff_id.clone())]),
+            )
             .await?;
+        }
+        self.put_image_record(ingest, name, target).await
+    }
+
+    async fn put_image_record(
+        &self,
+        ingest: &Ingest,
+        name: &str,
+        target: Descriptor,
+    ) -> Result<(), RuntimeError> {
+        let mut images = ImagesClient::new(self.channel.clone());
         let image = Image {
             name: name.to_string(),
-            target: Some(descriptor(&blobs.manifest)),
+            target: Some(target),
             ..Default::default()
         };
-        let mut images = ImagesClient::new(self.channel.clone());
-        let request = CreateImageRequest {
-            image: Some(image),
+        let create = CreateImageRequest {
+            image: Some(image.clone()),
             source_date_epoch: None,
         };
-        match images.create(self.request(request, Some(lease))).await {
+        match images
+            .create(self.request(create, Some(ingest.lease())))
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(()),
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                let update = UpdateImageRequest {
+                    image: Some(image),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["target".into()],
+                    }),
+                    source_date_epoch: None,
+                };
+                images
+                    .update(self.request(update, Some(ingest.lease())))
+                    .await
+                    .map_err(rpc("update image", name))?;
+                Ok(())
+            }
             Err(status) => Err(rpc("create image", name)(status)),
         }
     }
 
-    /// Writes one blob to the content store; present content is success.
-    async fn write_blob(
+    /// Applies the manifest's layers in order into snapshots named by their
+    /// chain IDs, skipping those already unpacked; returns the top chain ID.
+    async fn unpack(
         &self,
-        blob: &Blob,
-        labels: HashMap<String, String>,
-        lease: &str,
-    ) -> Result<(), RuntimeError> {
-        let reference = format!("podkeeper-{}", blob.digest);
-        let total = blob.data.len() as i64;
-        let mut messages = vec![WriteContentRequest {
-            action: WriteAction::Stat as i32,
-            r#ref: reference.clone(),
-            ..Default::default()
-        }];
-        let mut offset = 0;
-        for chunk in blob.data.chunks(WRITE_CHUNK) {
-            messages.push(WriteContentRequest {
-                action: WriteAction::Write as i32,
-                r#ref: reference.clone(),
-                total,
-                expected: blob.digest.clone(),
-                offset,
-                data: chunk.to_vec(),
-                ..Default::default()
+        ingest: &Ingest,
+        name: &str,
+        manifest: &ImageManifest,
+        config: &ImageConfiguration,
+    ) -> Result<String, RuntimeError> {
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != manifest.layers().len() {
+            return Err(RuntimeError::Image {
+                image: name.into(),
+                reason: "layer count differs from the config's diff IDs".into(),
             });
-            offset += chunk.len() as i64;
         }
-        messages.push(WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: reference,
-            total,
-            expected: blob.digest.clone(),
-            offset,
-            labels,
-            ..Default::default()
-        });
-        let mut content = ContentClient::new(self.channel.clone());
-        let request = self.request(futures::stream::iter(messages), Some(lease));
-        let result = async {
-            let mut replies = content.write(request).await?.into_inner();
-            while let Some(reply) = replies.next().await {
-                reply?;
-            }
-            Ok::<_, tonic::Status>(())
-        }
-        .await;
-        match result {
-            Ok(()) => Ok(()),
-            Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(()),
-            Err(status) => Err(rpc("write content", &blob.digest)(status)),
-        }
-    }
-
-    /// Applies layers in order into snapshots named by their chain IDs,
-    /// skipping those already unpacked.
-    async fn unpack_layers(
-        &self,
-        layers: &[Descriptor],
-        diff_ids: &[String],
-        lease: &str,
-    ) -> Result<(), RuntimeError> {
         let chain = chain_ids(diff_ids);
+        let Some(top) = chain.last().cloned() else {
+            return Err(RuntimeError::Image {
+                image: name.into(),
+                reason: "image has no layers".into(),
+            });
+        };
+        if self.snapshot_exists(&top).await? {
+            return Ok(top);
+        }
+        let lease = Some(ingest.lease());
         let mut snapshots = SnapshotsClient::new(self.channel.clone());
         let mut diff = DiffClient::new(self.channel.clone());
-        for (i, layer) in layers.iter().enumerate() {
+        for (i, layer) in manifest.layers().iter().enumerate() {
             if self.snapshot_exists(&chain[i]).await? {
                 continue;
             }
@@ -196,34 +228,41 @@ impl Containerd {
                 labels: HashMap::new(),
             };
             let mounts = snapshots
-                .prepare(self.request(prepare, Some(lease)))
+                .prepare(self.request(prepare, lease))
                 .await
                 .map_err(rpc("prepare snapshot", &key))?
                 .into_inner()
                 .mounts;
             let apply = ApplyRequest {
-                diff: Some(layer.clone()),
+                diff: Some(Descriptor {
+                    media_type: layer.media_type().to_string(),
+                    digest: layer.digest().to_string(),
+                    size: layer.size() as i64,
+                    annotations: HashMap::new(),
+                }),
                 mounts,
                 payloads: HashMap::new(),
                 sync_fs: false,
             };
-            let applied = diff
-                .apply(self.request(apply, Some(lease)))
-                .await
-                .map_err(rpc("apply layer", &layer.digest))?
-                .into_inner()
-                .applied;
-            let applied_digest = applied.map(|d| d.digest).unwrap_or_default();
+            let applied = diff.apply(self.request(apply, lease)).await;
+            let applied_digest = match applied {
+                Ok(reply) => reply
+                    .into_inner()
+                    .applied
+                    .map(|d| d.digest)
+                    .unwrap_or_default(),
+                Err(status) => {
+                    self.remove_snapshot(&key, lease).await;
+                    return Err(rpc("apply layer", layer.digest().to_string())(status));
+                }
+            };
             if applied_digest != diff_ids[i] {
-                let remove = RemoveSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.into(),
-                    key,
-                };
-                let _ = snapshots.remove(self.request(remove, Some(lease))).await;
+                self.remove_snapshot(&key, lease).await;
                 return Err(RuntimeError::Image {
-                    image: layer.digest.clone(),
+                    image: name.into(),
                     reason: format!(
-                        "layer unpacked to {applied_digest}, expected diff ID {}",
+                        "layer {} unpacked to {applied_digest}, expected diff ID {}",
+                        layer.digest(),
                         diff_ids[i]
                     ),
                 });
@@ -234,13 +273,22 @@ impl Containerd {
                 key,
                 labels: HashMap::new(),
             };
-            match snapshots.commit(self.request(commit, Some(lease))).await {
+            match snapshots.commit(self.request(commit, lease)).await {
                 Ok(_) => {}
                 Err(status) if status.code() == tonic::Code::AlreadyExists => {}
                 Err(status) => return Err(rpc("commit snapshot", &chain[i])(status)),
             }
         }
-        Ok(())
+        Ok(top)
+    }
+
+    async fn remove_snapshot(&self, key: &str, lease: Option<&str>) {
+        let mut snapshots = SnapshotsClient::new(self.channel.clone());
+        let remove = RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.into(),
+        };
+        let _ = snapshots.remove(self.request(remove, lease)).await;
     }
 
     async fn snapshot_exists(&self, key: &str) -> Result<bool, RuntimeError> {
@@ -256,11 +304,10 @@ impl Containerd {
         }
     }
 
-    /// Looks `name` up in containerd and reads its config. The image must be
-    /// present; its layers are unpacked if they are not yet.
-    pub async fn resolve_image(&self, name: &str) -> Result<ResolvedImage, RuntimeError> {
+    /// The target descriptor of image `name`.
+    pub async fn image_target(&self, name: &str) -> Result<Descriptor, RuntimeError> {
         let mut images = ImagesClient::new(self.channel.clone());
-        let image = images
+        images
             .get(self.request(GetImageRequest { name: name.into() }, None))
             .await
             .map_err(rpc("get image", name))?
@@ -270,47 +317,33 @@ impl Containerd {
             .ok_or_else(|| RuntimeError::Image {
                 image: name.into(),
                 reason: "image record has no target".into(),
-            })?;
-        let manifest = self.platform_manifest(name, &image).await?;
-        let config_bytes = self.read_blob(manifest.config().digest().as_ref()).await?;
-        let config = ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| {
-            RuntimeError::Image {
-                image: name.into(),
-                reason: format!("unreadable image config: {e}"),
-            }
-        })?;
-        let diff_ids = config.rootfs().diff_ids().clone();
-        if diff_ids.len() != manifest.layers().len() {
-            return Err(RuntimeError::Image {
-                image: name.into(),
-                reason: "layer count differs from the config's diff IDs".into(),
-            });
-        }
-        let chain = chain_ids(&diff_ids);
-        let chain_id = chain.last().cloned().ok_or_else(|| RuntimeError::Image {
-            image: name.into(),
-            reason: "image has no layers".into(),
-        })?;
-        if !self.snapshot_exists(&chain_id).await? {
-            let layers: Vec<Descriptor> = manifest
-                .layers()
-                .iter()
-                .map(|l| Descriptor {
-                    media_type: l.media_type().to_string(),
-                    digest: l.digest().to_string(),
-                    size: l.size() as i64,
-                    annotations: HashMap::new(),
-                })
-                .collect();
-            let lease = self.create_lease("podkeeper-unpack").await?;
-            let result = self.unpack_layers(&layers, &diff_ids, &lease).await;
-            self.delete_lease(&lease).await;
-            result?;
-        }
+            })
+    }
+
+    /// Looks `name` up in containerd and reads its config. The image must be
+    /// present; its layers are unpacked if they are not yet (an image
+    /// imported by another tool with `--no-unpack`, say).
+    pub async fn resolve_image(&self, name: &str) -> Result<ResolvedImage, RuntimeError> {
+        let target = self.image_target(name).await?;
+        let platform = self.platform_manifest(name, &target).await?;
+        let manifest = &platform.manifest;
+        let config = self.image_configuration(name, manifest).await?;
+        let chain = chain_ids(config.rootfs().diff_ids());
+        let top = chain.last().cloned().unwrap_or_default();
+        let chain_id = if !top.is_empty() && self.snapshot_exists(&top).await? {
+            top
+        } else {
+            let ingest = self.begin_ingest("unpack").await?;
+            let unpacked = self.unpack(&ingest, name, manifest, &config).await;
+            ingest.finish().await;
+            unpacked?
+        };
         let process = config.config().clone().unwrap_or_default();
+        let size =
+            manifest.config().size() + manifest.layers().iter().map(|l| l.size()).sum::<u64>();
         Ok(ResolvedImage {
             name: name.into(),
-            digest: image.digest,
+            digest: target.digest,
             config: ImageConfig {
                 entrypoint: process.entrypoint().clone().unwrap_or_default(),
                 cmd: process.cmd().clone().unwrap_or_default(),
@@ -319,6 +352,19 @@ impl Containerd {
                 user: process.user().clone().unwrap_or_default(),
             },
             chain_id,
+            size,
+        })
+    }
+
+    async fn image_configuration(
+        &self,
+        name: &str,
+        manifest: &ImageManifest,
+    ) -> Result<ImageConfiguration, RuntimeError> {
+        let bytes = self.read_blob(manifest.config().digest().as_ref()).await?;
+        ImageConfiguration::from_reader(&bytes[..]).map_err(|e| RuntimeError::Image {
+            image: name.into(),
+            reason: format!("unreadable image config: {e}"),
         })
     }
 
@@ -327,80 +373,89 @@ impl Containerd {
         &self,
         name: &str,
         target: &Descriptor,
-    ) -> Result<ImageManifest, RuntimeError> {
+    ) -> Result<PlatformManifest, RuntimeError> {
         let bad = |reason: String| RuntimeError::Image {
             image: name.into(),
             reason,
         };
         let bytes = self.read_blob(&target.digest).await?;
-        if target.media_type.contains("index") || target.media_type.contains("manifest.list") {
-            let index = ImageIndex::from_reader(&bytes[..])
-                .map_err(|e| bad(format!("unreadable index: {e}")))?;
-            let arch = pause::go_arch();
-            let chosen = index
-                .manifests()
-                .iter()
-                .find(|m| {
-                    m.platform().as_ref().is_none_or(|p| {
-                        p.os().to_string() == "linux" && p.architecture().to_string() == arch
-                    })
-                })
-                .ok_or_else(|| bad(format!("no manifest for linux/{arch}")))?;
-            let bytes = self.read_blob(chosen.digest().as_ref()).await?;
-            return ImageManifest::from_reader(&bytes[..])
-                .map_err(|e| bad(format!("unreadable manifest: {e}")));
+        if !is_index(&target.media_type) {
+            let manifest = ImageManifest::from_reader(&bytes[..])
+                .map_err(|e| bad(format!("unreadable manifest: {e}")))?;
+            return Ok(PlatformManifest {
+                manifest,
+                digest: target.digest.clone(),
+            });
         }
-        ImageManifest::from_reader(&bytes[..]).map_err(|e| bad(format!("unreadable manifest: {e}")))
-    }
-
-    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, RuntimeError> {
-        let mut content = ContentClient::new(self.channel.clone());
-        let request = ReadContentRequest {
-            digest: digest.into(),
-            offset: 0,
-            size: 0,
-        };
-        let mut stream = content
-            .read(self.request(request, None))
-            .await
-            .map_err(rpc("read content", digest))?
-            .into_inner();
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            data.extend(chunk.map_err(rpc("read content", digest))?.data);
+        let index = ImageIndex::from_reader(&bytes[..])
+            .map_err(|e| bad(format!("unreadable index: {e}")))?;
+        let arch = pause::go_arch();
+        let candidates = index.manifests().iter().filter(|m| {
+            m.platform().as_ref().is_none_or(|p| {
+                p.os().to_string() == "linux" && p.architecture().to_string() == arch
+            })
+        });
+        for candidate in candidates {
+            let digest = candidate.digest().to_string();
+            if self.content_info(&digest).await?.is_none() {
+                continue;
+            }
+            let bytes = self.read_blob(&digest).await?;
+            let manifest = ImageManifest::from_reader(&bytes[..])
+                .map_err(|e| bad(format!("unreadable manifest {digest}: {e}")))?;
+            return Ok(PlatformManifest { manifest, digest });
         }
-        Ok(data)
+        Err(bad(format!("no manifest for linux/{arch} is present")))
     }
 
-    /// A lease that expires by itself in an hour should the agent die before
-    /// deleting it.
-    async fn create_lease(&self, purpose: &str) -> Result<String, RuntimeError> {
-        let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
-        let id = format!("{purpose}-{}", jiff::Timestamp::now().as_nanosecond());
-        let mut leases = LeasesClient::new(self.channel.clone());
-        let request = CreateRequest {
-            id: id.clone(),
-            labels: HashMap::from([("containerd.io/gc.expire".into(), expires.to_string())]),
-        };
-        leases
-            .create(self.request(request, None))
+    /// Every image in podkeeper's namespace.
+    pub async fn list_images(&self) -> Result<Vec<ImageRecord>, RuntimeError> {
+        let mut images = ImagesClient::new(self.channel.clone());
+        let list = images
+            .list(self.request(ListImagesRequest { filters: vec![] }, None))
             .await
-            .map_err(rpc("create lease", &id))?;
-        Ok(id)
+            .map_err(rpc("list images", ""))?
+            .into_inner()
+            .images;
+        let mut records = Vec::with_capacity(list.len());
+        for image in list {
+            let target = image.target.unwrap_or_default();
+            let size = match self.platform_manifest(&image.name, &target).await {
+                Ok(p) => {
+                    p.manifest.config().size()
+                        + p.manifest.layers().iter().map(|l| l.size()).sum::<u64>()
+                }
+                Err(_) => 0,
+            };
+            records.push(ImageRecord {
+                name: image.name,
+                digest: target.digest,
+                size,
+                created: image.created_at.and_then(super::tasks::timestamp),
+            });
+        }
+        Ok(records)
     }
 
-    /// Releases a lease; a failure only delays garbage collection until the
-    /// lease expires, so it is logged, not returned.
-    async fn delete_lease(&self, id: &str) {
-        let mut leases = LeasesClient::new(self.channel.clone());
-        let request = DeleteRequest {
-            id: id.into(),
+    /// Deletes an image record; its content and snapshots become garbage
+    /// once nothing else references them.
+    pub async fn delete_image(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut images = ImagesClient::new(self.channel.clone());
+        let request = DeleteImageRequest {
+            name: name.into(),
             sync: false,
+            target: None,
         };
-        if let Err(status) = leases.delete(self.request(request, None)).await {
-            tracing::warn!(lease = id, error = %status.message(), "could not delete lease; it expires by itself");
-        }
+        images
+            .delete(self.request(request, None))
+            .await
+            .map_err(rpc("delete image", name))?;
+        Ok(())
     }
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type.contains("index") || media_type.contains("manifest.list")
 }
 
 fn descriptor(blob: &Blob) -> Descriptor {
@@ -420,9 +475,10 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
         let next = match chain.last() {
             None => diff_id.clone(),
             Some(previous) => {
-                let hash = Sha256::digest(format!("{previous} {diff_id}"));
-                let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-                format!("sha256:{hex}")
+                format!(
+                    "sha256:{}",
+                    hex(&Sha256::digest(format!("{previous} {diff_id}")))
+                )
             }
         };
         chain.push(next);

@@ -4,6 +4,7 @@
 //! containerd metadata.
 
 pub mod client;
+pub mod content;
 pub mod events;
 pub mod images;
 pub mod tasks;

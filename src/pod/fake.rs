@@ -1,0 +1,148 @@
+//! An in-memory [`PodRuntime`] for worker tests: images are a set of names,
+//! containers a map, and every call is recorded for assertions.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::runtime::PodRuntime;
+use crate::images::policy::{Ensured, ImageError, OnPull, Provenance, PullPolicy};
+use crate::runtime::containerd::images::ResolvedImage;
+use crate::runtime::containerd::tasks::{NewContainer, TaskState};
+use crate::runtime::containerd::RuntimeError;
+use crate::runtime::ImageConfig;
+
+#[derive(Default)]
+struct State {
+    /// Images that can be had (present or pullable).
+    images: HashSet<String>,
+    /// Live containers: ID → PID.
+    containers: HashMap<String, u32>,
+    calls: Vec<String>,
+    next_pid: u32,
+}
+
+pub struct FakeRuntime {
+    state: Mutex<State>,
+    arrivals: watch::Sender<u64>,
+    sandbox: ResolvedImage,
+}
+
+pub fn image(name: &str) -> ResolvedImage {
+    ResolvedImage {
+        name: name.into(),
+        digest: format!("sha256:{name}"),
+        config: ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            ..Default::default()
+        },
+        chain_id: "sha256:chain".into(),
+        size: 1,
+    }
+}
+
+impl FakeRuntime {
+    pub fn new(images: &[&str]) -> FakeRuntime {
+        FakeRuntime {
+            state: Mutex::new(State {
+                images: images.iter().map(|s| s.to_string()).collect(),
+                next_pid: 100,
+                ..Default::default()
+            }),
+            arrivals: watch::channel(0).0,
+            sandbox: image("pause"),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    /// An image becomes available, as after an import.
+    pub fn add_image(&self, name: &str) {
+        self.state().images.insert(name.into());
+        self.arrivals.send_modify(|n| *n += 1);
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.state().calls.clone()
+    }
+
+    pub fn live_containers(&self) -> Vec<String> {
+        let mut ids: Vec<_> = self.state().containers.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl PodRuntime for FakeRuntime {
+    async fn ensure_image(
+        &self,
+        image: &str,
+        _policy: PullPolicy,
+        on_pull: OnPull,
+    ) -> Result<Ensured, ImageError> {
+        on_pull();
+        let mut state = self.state();
+        state.calls.push(format!("pull {image}"));
+        if state.images.contains(image) {
+            Ok(Ensured {
+                image: self::image(image),
+                provenance: Provenance::Pulled {
+                    duration: Duration::from_millis(1),
+                },
+            })
+        } else {
+            Err(ImageError::Pull(format!("{image}: not found")))
+        }
+    }
+
+    fn image_arrivals(&self) -> watch::Receiver<u64> {
+        self.arrivals.subscribe()
+    }
+
+    fn sandbox_image(&self) -> &ResolvedImage {
+        &self.sandbox
+    }
+
+    async fn run_container(&self, new: NewContainer<'_>) -> Result<u32, RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("run {}", new.id));
+        state.next_pid += 1;
+        let pid = state.next_pid;
+        state.containers.insert(new.id.to_string(), pid);
+        Ok(pid)
+    }
+
+    async fn stop_container(&self, id: &str, _grace: Duration) {
+        self.state().calls.push(format!("stop {id}"));
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("remove {id}"));
+        state.containers.remove(id);
+        Ok(())
+    }
+
+    async fn remove_pod(&self, uid: &str) {
+        let prefix = crate::runtime::labels::id_prefix(uid);
+        let mut state = self.state();
+        state.calls.push(format!("remove-pod {uid}"));
+        state.containers.retain(|id, _| !id.starts_with(&prefix));
+    }
+
+    async fn pod_uids(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
+    async fn task_state(&self, id: &str) -> Result<TaskState, RuntimeError> {
+        let state = self.state();
+        Ok(match state.containers.get(id) {
+            Some(pid) => TaskState::Running { pid: *pid },
+            None => TaskState::Other,
+        })
+    }
+}
