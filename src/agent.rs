@@ -15,6 +15,7 @@ use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::desired;
 use crate::images::credentials::Credentials;
+use crate::images::import_dir::ImportDir;
 use crate::images::reference;
 use crate::images::registry::RegistryClient;
 use crate::images::service::ImageService;
@@ -55,6 +56,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         status: status.clone(),
         events: event_log,
         pod_log_dir: settings.pod_log_dir.clone(),
+        images: images.clone(),
+        sandbox_image: sandbox_image.name.clone(),
     };
     tokio::spawn(api::http::serve(http, api_state.clone()));
     let socket = settings.api_socket();
@@ -72,6 +75,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         recorder.clone(),
     );
     tokio::spawn(source.run());
+    create_dir(&settings.images_dir, 0o700)?;
+    let import_dir = ImportDir::new(
+        settings.images_dir.clone(),
+        &settings.state_dir,
+        settings.manifest_resync,
+        images.clone(),
+        recorder.clone(),
+    );
+    tokio::spawn(import_dir.run());
     let node = NodeRuntime {
         containerd: runtime,
         images,
@@ -135,15 +147,15 @@ async fn sandbox_image(runtime: &Containerd, settings: &Settings) -> anyhow::Res
     }
 }
 
+/// Creates a directory (and its parents) with `mode` if it is missing; an
+/// existing directory keeps the mode its owner gave it.
 fn create_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
         .create(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))
+        .with_context(|| format!("creating {}", path.display()))
 }
 
 async fn wait_for_stop_signal() -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent
-    Run(RunFlags),
+    Run(Box<RunFlags>),
     /// Print the version
     Version,
     /// List resources (pods)
@@ -42,6 +42,13 @@ enum Command {
         /// Keep printing new events
         #[arg(long, short = 'w')]
         watch: bool,
+    },
+    /// Manage images: ls, pull, import, rm
+    Image {
+        #[command(flatten)]
+        client: ClientFlags,
+        #[command(subcommand)]
+        command: cli::images::ImageCommand,
     },
     /// Print a container's log
     Logs {
@@ -94,6 +101,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Get { client, what } => cli::get(&client, &what).await,
         Command::Describe { client, what } => cli::describe(&client, &what).await,
         Command::Events { client, pod, watch } => cli::events(&client, pod.as_deref(), watch).await,
+        Command::Image { client, command } => cli::images::run(&client, &command).await,
         Command::Logs {
             client,
             pod,

@@ -1,6 +1,7 @@
 //! podkeeper's own gRPC API (`proto/podkeeper/v1/agent.proto`), served on a
 //! unix socket in the state directory that only root can open.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 
 use super::{pods, ApiState};
+use crate::images::service::ImageService;
 use crate::proto;
 use crate::proto::agent_server::{Agent, AgentServer};
 
@@ -123,6 +125,128 @@ impl Agent for AgentService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_images(
+        &self,
+        _request: Request<proto::ListImagesRequest>,
+    ) -> Result<Response<proto::ListImagesResponse>, Status> {
+        let records = self
+            .state
+            .images
+            .runtime()
+            .list_images()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let users = self.image_users();
+        let images = records
+            .into_iter()
+            .map(|r| proto::ImageSummary {
+                used_by: users.get(&r.name).cloned().unwrap_or_default(),
+                name: r.name,
+                digest: r.digest,
+                size: r.size,
+                created: r.created.map(|t| t.to_string()).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(proto::ListImagesResponse { images }))
+    }
+
+    async fn pull_image(
+        &self,
+        request: Request<proto::PullImageRequest>,
+    ) -> Result<Response<proto::ImageSummary>, Status> {
+        let reference = request.into_inner().reference;
+        let name = ImageService::normalize(&reference)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let images = &self.state.images;
+        images
+            .pull(&name)
+            .await
+            .map_err(|e| Status::unavailable(format!("pulling {name}: {e}")))?;
+        let resolved = images
+            .runtime()
+            .resolve_image(&name)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(proto::ImageSummary {
+            used_by: self.image_users().remove(&name).unwrap_or_default(),
+            name,
+            digest: resolved.digest,
+            size: resolved.size,
+            created: String::new(),
+        }))
+    }
+
+    async fn import_images(
+        &self,
+        request: Request<proto::ImportImagesRequest>,
+    ) -> Result<Response<proto::ImportImagesResponse>, Status> {
+        let mut names = Vec::new();
+        for path in request.into_inner().paths {
+            let path = std::path::PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(Status::invalid_argument(format!(
+                    "{}: give an absolute path",
+                    path.display()
+                )));
+            }
+            let imported = self
+                .state
+                .images
+                .import_archive(&path)
+                .await
+                .map_err(|e| Status::invalid_argument(format!("{}: {e}", path.display())))?;
+            names.extend(imported);
+        }
+        Ok(Response::new(proto::ImportImagesResponse { names }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<proto::RemoveImageRequest>,
+    ) -> Result<Response<proto::RemoveImageResponse>, Status> {
+        let reference = request.into_inner().reference;
+        let name = ImageService::normalize(&reference)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(pods) = self.image_users().get(&name) {
+            return Err(Status::failed_precondition(format!(
+                "image {name} is used by pod(s) {}; remove or change their manifests first",
+                pods.join(", ")
+            )));
+        }
+        let runtime = self.state.images.runtime();
+        match runtime.delete_image(&name).await {
+            Ok(()) => Ok(Response::new(proto::RemoveImageResponse {})),
+            Err(e) if e.is_not_found() => Err(Status::not_found(format!("no image {name}"))),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+}
+
+impl AgentService {
+    /// Pods (`namespace/name`) by the normalized images their containers use.
+    fn image_users(&self) -> HashMap<String, Vec<String>> {
+        let mut users: HashMap<String, Vec<String>> = HashMap::new();
+        users.insert(
+            self.state.sandbox_image.clone(),
+            vec!["every pod (sandbox image)".into()],
+        );
+        for pod in self.state.desired.snapshot().pods.values() {
+            let spec = pod.pod.spec.clone().unwrap_or_default();
+            let containers = spec.init_containers.unwrap_or_default().into_iter().chain(spec.containers);
+            for container in containers {
+                let Some(Ok(name)) = container.image.as_deref().map(ImageService::normalize) else {
+                    continue;
+                };
+                let user = format!("{}/{}", pod.namespace(), pod.name());
+                let list = users.entry(name).or_default();
+                if !list.contains(&user) {
+                    list.push(user);
+                }
+            }
+        }
+        users
     }
 }
 

@@ -1,7 +1,8 @@
-//! The agent's read-only API: kubelet-style HTTP (`/pods`, `/healthz`) and
-//! podkeeper's own gRPC service on a unix socket. Handlers read snapshots of
-//! the desired set, the status store and the event log; none of them can
-//! reach containerd.
+//! The agent's API: kubelet-style read-only HTTP (`/pods`, `/healthz`) and
+//! podkeeper's own gRPC service on a root-only unix socket. Pod and event
+//! handlers read snapshots of the desired set, the status store and the
+//! event log; only the image calls of the gRPC service act, through the
+//! image service. Nothing here changes pods: the manifest directory does.
 
 pub mod grpc;
 pub mod http;
@@ -10,6 +11,7 @@ pub mod pods;
 use std::sync::Arc;
 
 use crate::desired::DesiredReader;
+use crate::images::service::ImageService;
 use crate::status::events::EventLog;
 use crate::status::store::StatusStore;
 
@@ -21,4 +23,7 @@ pub struct ApiState {
     pub events: Arc<EventLog>,
     /// Root of the pod log directories, to tell clients where logs are.
     pub pod_log_dir: std::path::PathBuf,
+    pub images: Arc<ImageService>,
+    /// Name of the sandbox image, which every pod uses.
+    pub sandbox_image: String,
 }

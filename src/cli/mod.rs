@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 
+pub mod images;
+
 use crate::proto;
 use crate::proto::agent_client::AgentClient;
 
@@ -45,7 +47,7 @@ pub enum DescribeWhat {
 
 type Client = AgentClient<tonic::transport::Channel>;
 
-async fn connect(flags: &ClientFlags) -> anyhow::Result<Client> {
+pub(crate) async fn connect(flags: &ClientFlags) -> anyhow::Result<Client> {
     let socket = crate::config::api_socket_in(&flags.state_dir);
     let channel = containerd_client::connect(&socket).await.with_context(|| {
         format!(
@@ -56,7 +58,7 @@ async fn connect(flags: &ClientFlags) -> anyhow::Result<Client> {
     Ok(AgentClient::new(channel))
 }
 
-fn rpc_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
@@ -348,7 +350,7 @@ fn events_table(events: &[proto::Event], indent: &str) -> String {
 }
 
 /// Columns padded to their widest cell plus two spaces, like kubectl.
-fn table(rows: &[Vec<String>]) -> String {
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {

@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod credentials;
+pub mod import_dir;
 pub mod policy;
 pub mod reference;
 pub mod registry;

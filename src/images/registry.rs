@@ -1,1 +1,1380 @@
-//! (being written)
+//! A thin client of the OCI distribution API, used to pull images into
+//! containerd: manifests and indexes come back as the exact bytes served (so
+//! their digest is the one the rest of the image refers to), blobs come back
+//! as streams the caller writes into containerd's content store.
+//!
+//! HTTP, the `WWW-Authenticate` token flow and the token cache are
+//! oci-client's. This module adds what a node agent needs on top: picking
+//! plain HTTP for local and configured registries, credentials from a Docker
+//! config.json, errors sorted by what the caller should do about them
+//! (retry, report, give up), and its own digest and size checks. containerd
+//! verifies digests again on commit; checking here as well means a corrupt
+//! download is reported as the registry's fault, with the reference, rather
+//! than as a content store error.
+
+use crate::images::credentials::Credentials;
+use bytes::Bytes;
+use futures::stream::{BoxStream, Stream};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Once;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// OCI image manifest.
+pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index.
+pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker image manifest, schema 2.
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker manifest list (the Docker form of an index).
+pub const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// The manifest media types asked for and accepted. Docker schema 1 is left
+/// out on purpose: containerd 1.6 can only convert it, and no registry in use
+/// still serves it by default.
+const ACCEPTED_MANIFEST_TYPES: &[&str] = &[
+    MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+    MEDIA_TYPE_OCI_MANIFEST,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+];
+
+/// Largest manifest accepted, the limit Distribution and containerd use; a
+/// larger body is not a manifest anyone meant to serve.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// Connecting to a registry that does not answer within this is "unreachable"
+/// (and retried by the caller) rather than hanging a pull.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest silence between two reads of a response. There is no overall
+/// limit: layers can be large and slow, but a stalled transfer must end.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// User-Agent sent to registries, so their logs say who pulled.
+const USER_AGENT: &str = concat!("podkeeper/", env!("CARGO_PKG_VERSION"));
+
+/// Hosts always spoken to over plain HTTP (any port): a registry on the node
+/// itself has no certificate worth checking.
+const LOOPBACK_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
+
+/// Why a registry operation failed, sorted by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// 401/403, or the registry's token service refused: wrong or missing
+    /// credentials. The message contains "unauthorized".
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The manifest, blob or repository is unknown; the message names the reference.
+    #[error("{0}")]
+    NotFound(String),
+    /// Connection refused, DNS, TLS, timeouts, a transfer cut short, and also
+    /// 5xx and 429 answers: all worth retrying later. The message names the host.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The registry answered, but with something unusable: digest or size
+    /// mismatch, unexpected media type, bad JSON; or the reference or digest
+    /// given was malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl RegistryError {
+    /// Whether trying again later may succeed without anyone changing anything:
+    /// true for [`RegistryError::Unreachable`] (which includes 5xx and 429).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RegistryError::Unreachable(_))
+    }
+}
+
+/// A manifest or index exactly as served.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    /// The body as served; its sha256 is `digest`.
+    pub bytes: Vec<u8>,
+    /// One of the four `MEDIA_TYPE_*` constants, from the body's `mediaType`
+    /// (or inferred from its shape when an OCI body leaves it out).
+    pub media_type: String,
+    /// `sha256:<hex>` of `bytes`, computed here.
+    pub digest: String,
+}
+
+impl FetchedManifest {
+    /// True for an OCI index or Docker manifest list (pick a platform with
+    /// [`RegistryClient::select_platform`]).
+    pub fn is_index(&self) -> bool {
+        self.media_type == MEDIA_TYPE_OCI_INDEX
+            || self.media_type == MEDIA_TYPE_DOCKER_MANIFEST_LIST
+    }
+}
+
+/// A content descriptor: what to fetch next and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// A registry client shared by all pulls of the agent. Cloning is cheap and
+/// clones share connections and the token cache.
+///
+/// Credentials are fixed at construction (oci-client remembers the first
+/// authentication it sees per registry); build a new client when they change.
+#[derive(Clone)]
+pub struct RegistryClient {
+    credentials: Credentials,
+    /// Normalized (lower-case) host[:port] entries spoken to over HTTP.
+    insecure: Vec<String>,
+    /// Two oci-client clients because oci-client picks the scheme per client
+    /// from an exact host[:port] list, which cannot say "localhost on any
+    /// port". Each keeps its own connection pool and token cache; a host only
+    /// ever uses one of them.
+    https: oci_client::Client,
+    http: oci_client::Client,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("credentials", &self.credentials)
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryClient {
+    /// `insecure`: registry hosts (host[:port], matched exactly) spoken to over plain HTTP;
+    /// localhost, 127.0.0.1 and ::1 (any port) always are. Everything else is HTTPS, verified
+    /// against the system's trust store.
+    pub fn new(credentials: Credentials, insecure: Vec<String>) -> RegistryClient {
+        install_crypto_provider();
+        RegistryClient {
+            credentials,
+            insecure: insecure
+                .iter()
+                .map(|host| host.trim().to_ascii_lowercase())
+                .collect(),
+            https: build_client(ClientProtocol::Https),
+            http: build_client(ClientProtocol::Http),
+        }
+    }
+
+    /// Manifest or index for a normalized reference (`docker.io/library/busybox:1.36`,
+    /// `127.0.0.1:5000/app@sha256:…`), raw bytes exactly as served (so the digest is right).
+    /// Accepts OCI and Docker manifest and index/list media types. When the reference has a
+    /// digest, the bytes' sha256 must match it (and it is what the registry is asked for).
+    pub async fn fetch_manifest(&self, reference: &str) -> Result<FetchedManifest, RegistryError> {
+        let reference = parse_reference(reference)?;
+        self.fetch_manifest_of(&reference).await
+    }
+
+    /// The manifest `digest` of the repository of `reference` (for an index's child).
+    pub async fn fetch_manifest_digest(
+        &self,
+        reference: &str,
+        digest: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let reference = parse_reference(reference)?;
+        check_digest(digest, &reference)?;
+        self.fetch_manifest_of(&reference.clone_with_digest(digest.to_string()))
+            .await
+    }
+
+    /// The digest `reference` currently resolves to, from a HEAD request (falling back to GET
+    /// when the registry sends no `Docker-Content-Digest`). Cheaper than fetching, and Docker
+    /// Hub does not count HEAD against its pull rate limit: meant for "is there a newer image"
+    /// checks. The digest is the registry's claim; verify it with a fetch before use.
+    pub async fn resolve_digest(&self, reference: &str) -> Result<String, RegistryError> {
+        let reference = parse_reference(reference)?;
+        let attempt = self.attempt(&reference, format!("manifest {reference}"));
+        let digest = self
+            .client_for(&reference)
+            .fetch_manifest_digest(&reference, &self.auth_for(&reference))
+            .await
+            .map_err(|e| classify(e, &attempt))?;
+        check_digest(&digest, &reference)?;
+        Ok(digest)
+    }
+
+    /// Streams blob `digest` (expected `size`) of the repository of `reference`. The stream
+    /// yields an error if the bytes do not hash to `digest` or the length differs from `size`
+    /// (checked at the end; a body longer than `size` fails as soon as it exceeds it, and a
+    /// `Content-Length` other than `size` fails before any byte is read). The stream ends after
+    /// its first error.
+    pub async fn fetch_blob(
+        &self,
+        reference: &str,
+        digest: &str,
+        size: u64,
+    ) -> Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError> {
+        let reference = parse_reference(reference)?;
+        check_digest(digest, &reference)?;
+        let attempt = self.attempt(
+            &reference,
+            format!(
+                "blob {digest} of {}/{}",
+                reference.registry(),
+                reference.repository()
+            ),
+        );
+        let client = self.client_for(&reference);
+        // Only the manifest calls of oci-client register the credentials for
+        // a registry; a blob pull on its own would go out anonymously.
+        client
+            .store_auth_if_needed(reference.resolve_registry(), &self.auth_for(&reference))
+            .await;
+        let sized = client
+            .pull_blob_stream(&reference, digest)
+            .await
+            .map_err(|e| classify(e, &attempt))?;
+        if let Some(length) = sized.content_length {
+            if length != size {
+                return Err(RegistryError::Invalid(format!(
+                    "{}: registry {} announces {length} bytes, expected {size}",
+                    attempt.what, attempt.host
+                )));
+            }
+        }
+        Ok(Box::pin(VerifiedBlob::new(
+            sized.stream,
+            digest,
+            size,
+            attempt.what,
+            attempt.host,
+        )))
+    }
+
+    /// Pick the manifest for linux/<this arch> (and variant for arm) out of an OCI index or
+    /// Docker list, the way containerd 1.6 matches its default platform: an arm64 entry without
+    /// variant counts as v8, an arm entry without variant as v7, and an armv7 node also takes
+    /// v6 then v5 entries. Entries that are not image manifests (nested indexes) are skipped.
+    /// No matching entry is [`RegistryError::NotFound`], listing the platforms on offer.
+    pub fn select_platform(index_bytes: &[u8]) -> Result<BlobRef, RegistryError> {
+        let (architecture, variant) = host_platform();
+        select_platform_for(index_bytes, architecture, variant)
+    }
+
+    async fn fetch_manifest_of(
+        &self,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let attempt = self.attempt(reference, format!("manifest {reference}"));
+        let what = &attempt.what;
+        let (bytes, _) = self
+            .client_for(reference)
+            .pull_manifest_raw(
+                reference,
+                &self.auth_for(reference),
+                ACCEPTED_MANIFEST_TYPES,
+            )
+            .await
+            .map_err(|e| classify(e, &attempt))?;
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(RegistryError::Invalid(format!(
+                "{what}: {} bytes is more than a manifest may have ({MAX_MANIFEST_BYTES})",
+                bytes.len()
+            )));
+        }
+        // oci-client already compared the body with the Docker-Content-Digest
+        // header and the reference; the digest handed on is computed here so
+        // that it cannot be anything but the bytes' own.
+        let digest = sha256_digest(&bytes);
+        if let Some(expected) = reference.digest() {
+            if expected != digest {
+                return Err(RegistryError::Invalid(format!(
+                    "{what}: content has digest {digest}, not the {expected} asked for"
+                )));
+            }
+        }
+        let media_type = manifest_media_type(&bytes)
+            .map_err(|e| RegistryError::Invalid(format!("{what}: {e}")))?;
+        Ok(FetchedManifest {
+            bytes: bytes.to_vec(),
+            media_type: media_type.to_string(),
+            digest,
+        })
+    }
+
+    fn client_for(&self, reference: &Reference) -> &oci_client::Client {
+        if is_insecure(reference.registry(), &self.insecure) {
+            &self.http
+        } else {
+            &self.https
+        }
+    }
+
+    fn attempt(&self, reference: &Reference, what: String) -> Attempt {
+        Attempt {
+            what,
+            host: reference.registry().to_string(),
+            with_credentials: self
+                .credentials
+                .for_registry(reference.registry())
+                .is_some(),
+        }
+    }
+
+    fn auth_for(&self, reference: &Reference) -> RegistryAuth {
+        match self.credentials.for_registry(reference.registry()) {
+            Some((user, password)) => RegistryAuth::Basic(user.to_string(), password.to_string()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+}
+
+/// reqwest is built without a rustls crypto provider of its own (the crate
+/// picks `ring` for the whole process) and panics when building a client if
+/// none is installed. Installing fails harmlessly when another part of the
+/// agent got there first.
+fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn build_client(protocol: ClientProtocol) -> oci_client::Client {
+    let config = ClientConfig {
+        protocol,
+        // Platform selection is ours (select_platform); oci-client's is only
+        // used by calls this module does not make.
+        platform_resolver: None,
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
+        user_agent: USER_AGENT,
+        ..ClientConfig::default()
+    };
+    // Building only fails for bad certificates or proxies, which are not
+    // configured here; oci-client then logs and falls back to defaults.
+    oci_client::Client::new(config)
+}
+
+/// Whether `host` (as in a reference: `name`, `name:port`, `[v6]:port`) is
+/// spoken to over plain HTTP.
+fn is_insecure(host: &str, insecure: &[String]) -> bool {
+    let host = host.to_ascii_lowercase();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host.as_str(),
+        }
+    };
+    LOOPBACK_HOSTS.contains(&name) || insecure.contains(&host)
+}
+
+fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
+    Reference::try_from(reference)
+        .map_err(|e| RegistryError::Invalid(format!("invalid image reference {reference:?}: {e}")))
+}
+
+/// Only sha256 digests are handled (they are what every registry and
+/// containerd produce); anything else would be put into a URL unchecked.
+fn check_digest(digest: &str, reference: &Reference) -> Result<(), RegistryError> {
+    if is_sha256_digest(digest) {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "{reference}: {digest:?} is not a sha256 digest (sha256:<64 lower-case hex>)"
+        )))
+    }
+}
+
+fn is_sha256_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The fields of a manifest or index body needed to tell what it is.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestShape {
+    #[serde(default)]
+    schema_version: Option<i64>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<serde_json::Value>,
+    #[serde(default)]
+    config: Option<serde_json::Value>,
+}
+
+/// Media type of a manifest body: its `mediaType`, or for OCI bodies that
+/// leave it out (it is optional there), inferred from `manifests`/`config`.
+fn manifest_media_type(bytes: &[u8]) -> Result<&'static str, String> {
+    let shape: ManifestShape =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a JSON manifest: {e}"))?;
+    match shape.schema_version {
+        Some(2) => {}
+        Some(1) => return Err("Docker schema 1 manifests are not supported".into()),
+        other => return Err(format!("unsupported schemaVersion {other:?}")),
+    }
+    let media_type = match shape.media_type.as_deref() {
+        Some(declared) => ACCEPTED_MANIFEST_TYPES
+            .iter()
+            .copied()
+            .find(|t| *t == declared)
+            .ok_or_else(|| format!("unexpected media type {declared:?}"))?,
+        None if shape.manifests.is_some() => MEDIA_TYPE_OCI_INDEX,
+        None if shape.config.is_some() => MEDIA_TYPE_OCI_MANIFEST,
+        None => return Err("neither an image manifest nor an index".into()),
+    };
+    let is_index =
+        media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_MANIFEST_LIST;
+    if is_index && shape.manifests.is_none() {
+        return Err(format!("{media_type} without \"manifests\""));
+    }
+    if !is_index && shape.config.is_none() {
+        return Err(format!("{media_type} without \"config\""));
+    }
+    Ok(media_type)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Index {
+    #[serde(default)]
+    media_type: Option<String>,
+    manifests: Vec<IndexEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexEntry {
+    #[serde(default)]
+    media_type: String,
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(serde::Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+/// GOARCH (and arm variant) of the running agent, the names image platforms use.
+fn host_platform() -> (&'static str, Option<&'static str>) {
+    match std::env::consts::ARCH {
+        "x86_64" => ("amd64", None),
+        "aarch64" => ("arm64", Some("v8")),
+        "arm" => (
+            "arm",
+            Some(if cfg!(target_feature = "v7") {
+                "v7"
+            } else if cfg!(target_feature = "v6") {
+                "v6"
+            } else {
+                "v5"
+            }),
+        ),
+        "x86" => ("386", None),
+        "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", None),
+        "loongarch64" => ("loong64", None),
+        "mips64" if cfg!(target_endian = "little") => ("mips64le", None),
+        other => (other, None),
+    }
+}
+
+/// An entry's variant as containerd normalizes it: arm64 means v8 and arm
+/// means v7 when none is given; amd64 v1 is plain amd64.
+fn normalized_variant<'a>(architecture: &str, variant: Option<&'a str>) -> Option<&'a str> {
+    match (architecture, variant.filter(|v| !v.is_empty())) {
+        ("arm64", None) => Some("v8"),
+        ("arm", None) => Some("v7"),
+        ("amd64", Some("v1")) => None,
+        (_, variant) => variant,
+    }
+}
+
+fn select_platform_for(
+    index_bytes: &[u8],
+    architecture: &str,
+    variant: Option<&str>,
+) -> Result<BlobRef, RegistryError> {
+    let index: Index = serde_json::from_slice(index_bytes)
+        .map_err(|e| RegistryError::Invalid(format!("not an image index: {e}")))?;
+    if let Some(media_type) = index.media_type.as_deref() {
+        if media_type != MEDIA_TYPE_OCI_INDEX && media_type != MEDIA_TYPE_DOCKER_MANIFEST_LIST {
+            return Err(RegistryError::Invalid(format!(
+                "expected an image index or manifest list, got {media_type}"
+            )));
+        }
+    }
+    let wanted = normalized_variant(architecture, variant);
+    // Variants in order of preference: the node's own first, then for arm
+    // the older ones it can also run.
+    let mut preference: Vec<Option<&str>> = vec![wanted];
+    if architecture == "arm" {
+        let older = ["v8", "v7", "v6", "v5"];
+        if let Some(pos) = older.iter().position(|v| Some(*v) == wanted) {
+            preference.extend(older[pos + 1..].iter().map(|v| Some(*v)));
+        }
+    }
+    let is_manifest = |entry: &IndexEntry| {
+        entry.media_type == MEDIA_TYPE_OCI_MANIFEST
+            || entry.media_type == MEDIA_TYPE_DOCKER_MANIFEST
+    };
+    let matching = |entry: &&IndexEntry, variant: Option<&str>| {
+        is_manifest(entry)
+            && entry.platform.as_ref().is_some_and(|p| {
+                p.os == "linux"
+                    && p.architecture == architecture
+                    && normalized_variant(&p.architecture, p.variant.as_deref()) == variant
+            })
+    };
+    let chosen = preference
+        .iter()
+        .find_map(|variant| index.manifests.iter().find(|e| matching(e, *variant)));
+    let Some(entry) = chosen else {
+        let on_offer: Vec<String> = index
+            .manifests
+            .iter()
+            .filter(|e| is_manifest(e))
+            .filter_map(|e| e.platform.as_ref())
+            .map(|p| platform_name(&p.os, &p.architecture, p.variant.as_deref()))
+            .collect();
+        return Err(RegistryError::NotFound(format!(
+            "no manifest for {} in the image index (it has: {})",
+            platform_name("linux", architecture, variant),
+            if on_offer.is_empty() {
+                "no platform-specific manifests".to_string()
+            } else {
+                on_offer.join(", ")
+            }
+        )));
+    };
+    if !is_sha256_digest(&entry.digest) {
+        return Err(RegistryError::Invalid(format!(
+            "image index entry for {} has digest {:?}, not a sha256 digest",
+            platform_name("linux", architecture, variant),
+            entry.digest
+        )));
+    }
+    Ok(BlobRef {
+        media_type: entry.media_type.clone(),
+        digest: entry.digest.clone(),
+        size: entry.size,
+    })
+}
+
+fn platform_name(os: &str, architecture: &str, variant: Option<&str>) -> String {
+    match variant.filter(|v| !v.is_empty()) {
+        Some(variant) => format!("{os}/{architecture}/{variant}"),
+        None => format!("{os}/{architecture}"),
+    }
+}
+
+/// What was being fetched, for error messages.
+struct Attempt {
+    /// The thing fetched, with its reference ("manifest r.example/app:v1").
+    what: String,
+    /// The registry as in the reference.
+    host: String,
+    /// Whether credentials were sent, so a 401 can say which problem it is.
+    with_credentials: bool,
+}
+
+impl Attempt {
+    fn unauthorized(&self, detail: &str) -> RegistryError {
+        let (what, host) = (&self.what, &self.host);
+        let hint = if self.with_credentials {
+            format!("the credentials for {host} were refused")
+        } else {
+            format!("no credentials are configured for {host}")
+        };
+        RegistryError::Unauthorized(format!("{what}: unauthorized: {detail} ({hint})"))
+    }
+}
+
+/// Sorts an oci-client error into a [`RegistryError`].
+fn classify(err: OciDistributionError, attempt: &Attempt) -> RegistryError {
+    let (what, host) = (&attempt.what, &attempt.host);
+    match err {
+        OciDistributionError::UnauthorizedError { url } => {
+            attempt.unauthorized(&format!("registry {host} answered 401 for {url}"))
+        }
+        OciDistributionError::AuthenticationFailure(reason) => attempt.unauthorized(&format!(
+            "the token service of registry {host} refused: {}",
+            reason.trim()
+        )),
+        OciDistributionError::RegistryError { envelope, url } => {
+            let messages: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| match e.message.trim() {
+                    "" => format!("{:?}", e.code),
+                    message => message.to_string(),
+                })
+                .collect();
+            let detail = format!(
+                "registry {host} answered {:?} for {url}",
+                messages.join("; ")
+            );
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            let any = |wanted: &[OciErrorCode]| codes.iter().any(|c| wanted.contains(c));
+            if any(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
+                attempt.unauthorized(&detail)
+            } else if any(&[
+                OciErrorCode::ManifestUnknown,
+                OciErrorCode::BlobUnknown,
+                OciErrorCode::NameUnknown,
+                OciErrorCode::NotFound,
+            ]) {
+                RegistryError::NotFound(format!("{what}: not found: {detail}"))
+            } else if any(&[OciErrorCode::Toomanyrequests]) {
+                RegistryError::Unreachable(format!("{what}: rate limited: {detail}"))
+            } else {
+                RegistryError::Invalid(format!("{what}: {detail}"))
+            }
+        }
+        OciDistributionError::ServerError { code, url, message } => {
+            let detail = format!(
+                "registry {host} answered HTTP {code} for {url}: {}",
+                message.trim()
+            );
+            match code {
+                401 | 403 => attempt.unauthorized(&detail),
+                404 => RegistryError::NotFound(format!("{what}: not found: {detail}")),
+                408 | 429 | 500..=599 => RegistryError::Unreachable(format!("{what}: {detail}")),
+                _ => RegistryError::Invalid(format!("{what}: {detail}")),
+            }
+        }
+        OciDistributionError::RequestError(e) => {
+            if e.is_builder() {
+                RegistryError::Invalid(format!("{what}: cannot build request: {}", chain(&e)))
+            } else {
+                RegistryError::Unreachable(format!(
+                    "{what}: registry {host} unreachable: {}",
+                    chain(&e)
+                ))
+            }
+        }
+        OciDistributionError::IoError(e) => RegistryError::Unreachable(format!(
+            "{what}: registry {host} unreachable: {}",
+            chain(&e)
+        )),
+        OciDistributionError::DigestError(e) => RegistryError::Invalid(format!(
+            "{what}: registry {host} served content that does not match its digest: {e}"
+        )),
+        OciDistributionError::ImageManifestNotFoundError(message) => {
+            RegistryError::NotFound(format!("{what}: not found in registry {host}: {message}"))
+        }
+        other => RegistryError::Invalid(format!(
+            "{what}: unusable answer from registry {host}: {}",
+            chain(&other)
+        )),
+    }
+}
+
+/// An error and its sources on one line; reqwest's own message is only
+/// "error sending request", the reason (refused, TLS, DNS) is in the sources.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// A blob body that checks its own length and sha256, ending after the first error.
+struct VerifiedBlob {
+    inner: BoxStream<'static, std::io::Result<Bytes>>,
+    hasher: Sha256,
+    digest: String,
+    size: u64,
+    received: u64,
+    what: String,
+    host: String,
+    done: bool,
+}
+
+impl VerifiedBlob {
+    fn new(
+        inner: BoxStream<'static, std::io::Result<Bytes>>,
+        digest: &str,
+        size: u64,
+        what: String,
+        host: String,
+    ) -> VerifiedBlob {
+        VerifiedBlob {
+            inner,
+            hasher: Sha256::new(),
+            digest: digest.to_string(),
+            size,
+            received: 0,
+            what,
+            host,
+            done: false,
+        }
+    }
+
+    fn stream_error(&self, err: std::io::Error) -> RegistryError {
+        // oci-client verifies the digest too and reports a mismatch as an
+        // io::Error wrapping its DigestError; everything else is transport.
+        if let Some(digest_err) = err.get_ref().and_then(|e| e.downcast_ref::<DigestError>()) {
+            return RegistryError::Invalid(format!("{}: {digest_err}", self.what));
+        }
+        RegistryError::Unreachable(format!(
+            "{}: transfer from registry {} failed after {} bytes: {}",
+            self.what,
+            self.host,
+            self.received,
+            chain(&err)
+        ))
+    }
+
+    fn finish(&mut self) -> Option<RegistryError> {
+        if self.received != self.size {
+            return Some(RegistryError::Invalid(format!(
+                "{}: got {} bytes, expected {}",
+                self.what, self.received, self.size
+            )));
+        }
+        let actual = format!("sha256:{}", hex(&self.hasher.finalize_reset()));
+        (actual != self.digest).then(|| {
+            RegistryError::Invalid(format!(
+                "{}: content has digest {actual}, not {}",
+                self.what, self.digest
+            ))
+        })
+    }
+}
+
+impl Stream for VerifiedBlob {
+    type Item = Result<Bytes, RegistryError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.received += chunk.len() as u64;
+                if this.received > this.size {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(RegistryError::Invalid(format!(
+                        "{}: more than the expected {} bytes",
+                        this.what, this.size
+                    )))));
+                }
+                this.hasher.update(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.done = true;
+                Poll::Ready(Some(Err(this.stream_error(err))))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(this.finish().map(Err))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt as _;
+
+    fn entry(
+        media_type: &str,
+        digest_char: char,
+        platform: Option<(&str, &str, Option<&str>)>,
+    ) -> String {
+        let platform = match platform {
+            Some((os, arch, Some(variant))) => format!(
+                r#","platform":{{"os":"{os}","architecture":"{arch}","variant":"{variant}"}}"#
+            ),
+            Some((os, arch, None)) => {
+                format!(r#","platform":{{"os":"{os}","architecture":"{arch}"}}"#)
+            }
+            None => String::new(),
+        };
+        format!(
+            r#"{{"mediaType":"{media_type}","digest":"sha256:{}","size":123{platform}}}"#,
+            digest_char.to_string().repeat(64)
+        )
+    }
+
+    fn index(media_type: &str, entries: &[String]) -> Vec<u8> {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{media_type}","manifests":[{}]}}"#,
+            entries.join(",")
+        )
+        .into_bytes()
+    }
+
+    fn digest_of(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    #[test]
+    fn selects_linux_amd64_from_oci_index() {
+        let bytes = index(
+            MEDIA_TYPE_OCI_INDEX,
+            &[
+                entry(MEDIA_TYPE_OCI_MANIFEST, 'a', Some(("linux", "arm64", None))),
+                entry(
+                    MEDIA_TYPE_OCI_MANIFEST,
+                    'b',
+                    Some(("windows", "amd64", None)),
+                ),
+                entry(MEDIA_TYPE_OCI_MANIFEST, 'c', Some(("linux", "amd64", None))),
+                entry(MEDIA_TYPE_OCI_MANIFEST, 'd', Some(("linux", "amd64", None))),
+            ],
+        );
+        let chosen = select_platform_for(&bytes, "amd64", None).unwrap();
+        assert_eq!(
+            chosen,
+            BlobRef {
+                media_type: MEDIA_TYPE_OCI_MANIFEST.into(),
+                digest: digest_of('c'),
+                size: 123
+            }
+        );
+        assert_eq!(
+            select_platform_for(&bytes, "arm64", Some("v8"))
+                .unwrap()
+                .digest,
+            digest_of('a')
+        );
+    }
+
+    #[test]
+    fn selects_from_docker_manifest_list() {
+        let bytes = index(
+            MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+            &[
+                entry(
+                    MEDIA_TYPE_DOCKER_MANIFEST,
+                    'a',
+                    Some(("linux", "arm", Some("v6"))),
+                ),
+                entry(
+                    MEDIA_TYPE_DOCKER_MANIFEST,
+                    'b',
+                    Some(("linux", "amd64", None)),
+                ),
+            ],
+        );
+        let chosen = select_platform_for(&bytes, "amd64", None).unwrap();
+        assert_eq!(chosen.digest, digest_of('b'));
+        assert_eq!(chosen.media_type, MEDIA_TYPE_DOCKER_MANIFEST);
+    }
+
+    #[test]
+    fn arm_variants_follow_containerd() {
+        let bytes = index(
+            MEDIA_TYPE_OCI_INDEX,
+            &[
+                entry(
+                    MEDIA_TYPE_OCI_MANIFEST,
+                    'a',
+                    Some(("linux", "arm", Some("v5"))),
+                ),
+                entry(
+                    MEDIA_TYPE_OCI_MANIFEST,
+                    'b',
+                    Some(("linux", "arm", Some("v6"))),
+                ),
+                entry(
+                    MEDIA_TYPE_OCI_MANIFEST,
+                    'c',
+                    Some(("linux", "arm64", Some("v8"))),
+                ),
+            ],
+        );
+        // armv7 has no exact entry: falls back to v6 before v5.
+        assert_eq!(
+            select_platform_for(&bytes, "arm", Some("v7"))
+                .unwrap()
+                .digest,
+            digest_of('b')
+        );
+        assert_eq!(
+            select_platform_for(&bytes, "arm", Some("v5"))
+                .unwrap()
+                .digest,
+            digest_of('a')
+        );
+        // arm64 v8 and arm64 without variant are the same platform.
+        assert_eq!(
+            select_platform_for(&bytes, "arm64", None).unwrap().digest,
+            digest_of('c')
+        );
+        // An arm entry without variant means v7, which a v6 node cannot run.
+        let v7_only = index(
+            MEDIA_TYPE_OCI_INDEX,
+            &[entry(
+                MEDIA_TYPE_OCI_MANIFEST,
+                'd',
+                Some(("linux", "arm", None)),
+            )],
+        );
+        assert_eq!(
+            select_platform_for(&v7_only, "arm", Some("v7"))
+                .unwrap()
+                .digest,
+            digest_of('d')
+        );
+        assert!(matches!(
+            select_platform_for(&v7_only, "arm", Some("v6")),
+            Err(RegistryError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn amd64_variants_are_exact_but_v1_is_plain() {
+        let bytes = index(
+            MEDIA_TYPE_OCI_INDEX,
+            &[
+                entry(
+                    MEDIA_TYPE_OCI_MANIFEST,
+                    'a',
+                    Some(("linux", "amd64", Some("v3"))),
+                ),
+                entry(
+                    MEDIA_TYPE_OCI_MANIFEST,
+                    'b',
+                    Some(("linux", "amd64", Some("v1"))),
+                ),
+            ],
+        );
+        assert_eq!(
+            select_platform_for(&bytes, "amd64", None).unwrap().digest,
+            digest_of('b')
+        );
+    }
+
+    #[test]
+    fn entries_without_platform_or_not_manifests_are_skipped() {
+        let bytes = index(
+            MEDIA_TYPE_OCI_INDEX,
+            &[
+                entry(MEDIA_TYPE_OCI_MANIFEST, 'a', None),
+                entry(MEDIA_TYPE_OCI_INDEX, 'b', Some(("linux", "amd64", None))),
+                entry(
+                    "application/vnd.in-toto+json",
+                    'c',
+                    Some(("linux", "amd64", None)),
+                ),
+                entry(MEDIA_TYPE_OCI_MANIFEST, 'd', Some(("linux", "amd64", None))),
+            ],
+        );
+        assert_eq!(
+            select_platform_for(&bytes, "amd64", None).unwrap().digest,
+            digest_of('d')
+        );
+    }
+
+    #[test]
+    fn no_match_is_not_found_listing_platforms() {
+        let bytes = index(
+            MEDIA_TYPE_OCI_INDEX,
+            &[
+                entry(MEDIA_TYPE_OCI_MANIFEST, 'a', Some(("linux", "arm64", None))),
+                entry(
+                    MEDIA_TYPE_OCI_MANIFEST,
+                    'b',
+                    Some(("linux", "arm", Some("v7"))),
+                ),
+            ],
+        );
+        let err = select_platform_for(&bytes, "amd64", None).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, RegistryError::NotFound(_)), "{err:?}");
+        assert!(msg.contains("linux/amd64"), "{msg}");
+        assert!(
+            msg.contains("linux/arm64") && msg.contains("linux/arm/v7"),
+            "{msg}"
+        );
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn select_platform_rejects_non_indexes_and_bad_json() {
+        let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+        assert!(matches!(
+            RegistryClient::select_platform(manifest),
+            Err(RegistryError::Invalid(_))
+        ));
+        assert!(matches!(
+            RegistryClient::select_platform(b"not json"),
+            Err(RegistryError::Invalid(_))
+        ));
+        let bad_digest = br#"{"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"md5:abc","size":1,"platform":{"os":"linux","architecture":"amd64"}}]}"#;
+        assert!(matches!(
+            select_platform_for(bad_digest, "amd64", None),
+            Err(RegistryError::Invalid(_))
+        ));
+        let negative = br#"{"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":-1,"platform":{"os":"linux","architecture":"amd64"}}]}"#;
+        assert!(matches!(
+            select_platform_for(negative, "amd64", None),
+            Err(RegistryError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn select_platform_uses_the_build_platform() {
+        let (arch, variant) = host_platform();
+        let bytes = index(
+            MEDIA_TYPE_OCI_INDEX,
+            &[
+                entry(
+                    MEDIA_TYPE_OCI_MANIFEST,
+                    'a',
+                    Some(("linux", "s390x-not-this", None)),
+                ),
+                entry(MEDIA_TYPE_OCI_MANIFEST, 'b', Some(("linux", arch, variant))),
+            ],
+        );
+        assert_eq!(
+            RegistryClient::select_platform(&bytes).unwrap().digest,
+            digest_of('b')
+        );
+    }
+
+    #[test]
+    fn media_types_are_read_or_inferred() {
+        let cases: &[(&str, Result<&str, ()>)] = &[
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+                Ok(MEDIA_TYPE_OCI_INDEX),
+            ),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#,
+                Ok(MEDIA_TYPE_DOCKER_MANIFEST_LIST),
+            ),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}"#,
+                Ok(MEDIA_TYPE_DOCKER_MANIFEST),
+            ),
+            (
+                r#"{"schemaVersion":2,"config":{},"layers":[]}"#,
+                Ok(MEDIA_TYPE_OCI_MANIFEST),
+            ),
+            (
+                r#"{"schemaVersion":2,"manifests":[]}"#,
+                Ok(MEDIA_TYPE_OCI_INDEX),
+            ),
+            (r#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#, Err(())),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.cncf.helm.config.v1+json","config":{}}"#,
+                Err(()),
+            ),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#,
+                Err(()),
+            ),
+            (r#"{"schemaVersion":2}"#, Err(())),
+            ("[]", Err(())),
+            ("not json", Err(())),
+        ];
+        for (body, expected) in cases {
+            let got = manifest_media_type(body.as_bytes()).map_err(|_| ());
+            assert_eq!(got, *expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn plain_http_for_loopback_and_listed_hosts() {
+        let insecure = vec!["registry.lan:5000".to_string(), "plain.lan".to_string()];
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.0.0.1",
+            "[::1]:5000",
+            "LOCALHOST:1",
+            "registry.lan:5000",
+            "plain.lan",
+        ] {
+            assert!(is_insecure(host, &insecure), "{host}");
+        }
+        for host in [
+            "docker.io",
+            "registry.lan",
+            "registry.lan:5001",
+            "plain.lan:5000",
+            "127.0.0.2:5000",
+            "localhost.example.com",
+        ] {
+            assert!(!is_insecure(host, &insecure), "{host}");
+        }
+    }
+
+    #[test]
+    fn normalized_references_parse_as_expected() {
+        let r = parse_reference("docker.io/library/busybox:1.36").unwrap();
+        assert_eq!(r.registry(), "docker.io");
+        // oci-client talks to Docker Hub as index.docker.io.
+        assert_eq!(r.resolve_registry(), "index.docker.io");
+        assert_eq!(r.repository(), "library/busybox");
+        assert_eq!(r.tag(), Some("1.36"));
+
+        let digest = digest_of('e');
+        let r = parse_reference(&format!("127.0.0.1:5000/a/app@{digest}")).unwrap();
+        assert_eq!(r.resolve_registry(), "127.0.0.1:5000");
+        assert_eq!(r.repository(), "a/app");
+        assert_eq!(r.digest(), Some(digest.as_str()));
+        assert_eq!(r.tag(), None);
+
+        let r = parse_reference(&format!("localhost:5000/app:v1@{digest}")).unwrap();
+        assert_eq!((r.tag(), r.digest()), (Some("v1"), Some(digest.as_str())));
+
+        assert!(matches!(
+            parse_reference("127.0.0.1:5000/app@sha256:abc"),
+            Err(RegistryError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn digests_must_be_sha256() {
+        assert!(is_sha256_digest(&digest_of('0')));
+        assert!(!is_sha256_digest(&digest_of('A')));
+        assert!(!is_sha256_digest("sha256:abc"));
+        assert!(!is_sha256_digest(&format!("sha512:{}", "a".repeat(128))));
+        assert!(!is_sha256_digest(&format!(
+            "sha256:{}/../x",
+            "a".repeat(60)
+        )));
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let attempt = Attempt {
+            what: "manifest r.example/app:v1".into(),
+            host: "r.example".into(),
+            with_credentials: false,
+        };
+        let unauthorized = classify(
+            OciDistributionError::UnauthorizedError {
+                url: "https://r.example/v2/app/manifests/v1".into(),
+            },
+            &attempt,
+        );
+        assert!(matches!(unauthorized, RegistryError::Unauthorized(_)));
+        assert!(unauthorized.to_string().contains("unauthorized"));
+        assert!(unauthorized
+            .to_string()
+            .contains("no credentials are configured"));
+        let refused = classify(
+            OciDistributionError::UnauthorizedError { url: "u".into() },
+            &Attempt {
+                what: attempt.what.clone(),
+                host: attempt.host.clone(),
+                with_credentials: true,
+            },
+        );
+        assert!(refused
+            .to_string()
+            .contains("credentials for r.example were refused"));
+        assert!(!unauthorized.is_retryable());
+
+        let envelope = |code: &str| {
+            let envelope = serde_json::from_str(&format!(
+                r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#
+            ))
+            .unwrap();
+            classify(
+                OciDistributionError::RegistryError {
+                    envelope,
+                    url: "u".into(),
+                },
+                &attempt,
+            )
+        };
+        assert!(
+            matches!(envelope("MANIFEST_UNKNOWN"), RegistryError::NotFound(m) if m.contains("r.example/app:v1"))
+        );
+        assert!(matches!(
+            envelope("NAME_UNKNOWN"),
+            RegistryError::NotFound(_)
+        ));
+        assert!(matches!(
+            envelope("BLOB_UNKNOWN"),
+            RegistryError::NotFound(_)
+        ));
+        assert!(
+            matches!(envelope("DENIED"), RegistryError::Unauthorized(m) if m.contains("unauthorized"))
+        );
+        assert!(envelope("TOOMANYREQUESTS").is_retryable());
+        assert!(matches!(
+            envelope("MANIFEST_INVALID"),
+            RegistryError::Invalid(_)
+        ));
+
+        let server = |code: u16| {
+            classify(
+                OciDistributionError::ServerError {
+                    code,
+                    url: "u".into(),
+                    message: "m".into(),
+                },
+                &attempt,
+            )
+        };
+        assert!(server(503).is_retryable());
+        assert!(server(500).is_retryable());
+        assert!(server(429).is_retryable());
+        assert!(
+            matches!(server(403), RegistryError::Unauthorized(m) if m.contains("unauthorized"))
+        );
+        assert!(matches!(server(404), RegistryError::NotFound(_)));
+        assert!(matches!(server(400), RegistryError::Invalid(_)));
+
+        let digest = classify(
+            OciDistributionError::DigestError(DigestError::VerificationError {
+                expected: "a".into(),
+                actual: "b".into(),
+            }),
+            &attempt,
+        );
+        assert!(matches!(digest, RegistryError::Invalid(_)));
+    }
+
+    fn blob_stream(
+        chunks: Vec<std::io::Result<&'static [u8]>>,
+    ) -> BoxStream<'static, std::io::Result<Bytes>> {
+        futures::stream::iter(chunks.into_iter().map(|c| c.map(Bytes::from_static))).boxed()
+    }
+
+    async fn collect(stream: VerifiedBlob) -> Vec<Result<Bytes, RegistryError>> {
+        stream.collect().await
+    }
+
+    #[tokio::test]
+    async fn verified_blob_passes_good_content() {
+        let digest = sha256_digest(b"hello world");
+        let items = collect(VerifiedBlob::new(
+            blob_stream(vec![Ok(b"hello "), Ok(b"world")]),
+            &digest,
+            11,
+            "blob".into(),
+            "h".into(),
+        ))
+        .await;
+        assert_eq!(items.len(), 2);
+        assert!(items.iter().all(|i| i.is_ok()));
+    }
+
+    #[tokio::test]
+    async fn verified_blob_catches_digest_and_size_errors() {
+        let digest = sha256_digest(b"hello world");
+        // Same length, other bytes.
+        let items = collect(VerifiedBlob::new(
+            blob_stream(vec![Ok(b"hello there")]),
+            &digest,
+            11,
+            "blob".into(),
+            "h".into(),
+        ))
+        .await;
+        assert!(
+            matches!(items.last(), Some(Err(RegistryError::Invalid(m))) if m.contains(&digest))
+        );
+
+        // Too short.
+        let items = collect(VerifiedBlob::new(
+            blob_stream(vec![Ok(b"hello")]),
+            &digest,
+            11,
+            "blob".into(),
+            "h".into(),
+        ))
+        .await;
+        assert!(
+            matches!(items.last(), Some(Err(RegistryError::Invalid(m))) if m.contains("got 5 bytes"))
+        );
+
+        // Too long: fails at the chunk that exceeds, then ends.
+        let items = collect(VerifiedBlob::new(
+            blob_stream(vec![Ok(b"hello world"), Ok(b"!"), Ok(b"more")]),
+            &digest,
+            11,
+            "blob".into(),
+            "h".into(),
+        ))
+        .await;
+        assert_eq!(items.len(), 2);
+        assert!(matches!(items[1], Err(RegistryError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn verified_blob_transport_errors_are_retryable() {
+        let digest = sha256_digest(b"hello world");
+        let items = collect(VerifiedBlob::new(
+            blob_stream(vec![
+                Ok(b"hello"),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "reset",
+                )),
+                Ok(b" world"),
+            ]),
+            &digest,
+            11,
+            "blob x".into(),
+            "r.example".into(),
+        ))
+        .await;
+        assert_eq!(items.len(), 2);
+        let err = items[1].as_ref().unwrap_err();
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains("r.example"), "{err}");
+
+        // oci-client's own digest check surfaces as an io::Error wrapping DigestError.
+        let items = collect(VerifiedBlob::new(
+            blob_stream(vec![Err(std::io::Error::other(
+                DigestError::VerificationError {
+                    expected: "a".into(),
+                    actual: "b".into(),
+                },
+            ))]),
+            &digest,
+            11,
+            "blob".into(),
+            "h".into(),
+        ))
+        .await;
+        assert!(matches!(items[0], Err(RegistryError::Invalid(_))));
+    }
+}

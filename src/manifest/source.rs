@@ -169,7 +169,7 @@ impl ManifestSource {
             .map(|pod| format!(" (pod {pod} keeps its last good version)"))
             .unwrap_or_default();
         self.recorder.record(
-            ObjectRef::file(path),
+            ObjectRef::manifest_file(path),
             EventType::Warning,
             "FailedParse",
             format!("{}: {message}{note}", path.display()),

@@ -457,10 +457,16 @@ impl<R: PodRuntime> Worker<R> {
             }
             RuntimeEvent::TaskExit {
                 container_id,
+                pid,
                 exit_status,
                 exited_at,
             } => {
-                self.on_exit(&container_id, exit_status, exited_at);
+                // The sandbox ID is reused across runs: ignore the exit of
+                // an earlier run's pause process.
+                let stale = container_id == self.sandbox_id && Some(pid) != self.record.sandbox_pid;
+                if !stale {
+                    self.on_exit(&container_id, exit_status, exited_at);
+                }
             }
             RuntimeEvent::Resubscribed => self.recheck_tasks().await,
         }
@@ -565,4 +571,153 @@ impl<R: PodRuntime> Worker<R> {
 /// The kubelet's per-pod log directory.
 pub fn pod_log_dir(root: &std::path::Path, pod: &DesiredPod) -> PathBuf {
     root.join(format!("{}_{}_{}", pod.namespace(), pod.name(), pod.uid()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::fake::FakeRuntime;
+    use crate::status::events::{test_recorder, Occurrence};
+
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  terminationGracePeriodSeconds: 3\n  containers:\n  - {name: a, image: present:1}\n  - {name: b, image: missing:1}\n";
+
+    struct Harness {
+        fake: Arc<FakeRuntime>,
+        status: Arc<StatusStore>,
+        events: mpsc::Receiver<Occurrence>,
+        uid: String,
+        stop: Option<oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+        _logs: tempfile::TempDir,
+    }
+
+    fn start(images: &[&str]) -> Harness {
+        let pod = crate::manifest::parse::parse_manifest(POD.as_bytes(), std::path::Path::new("/m/web.yaml"), "n").unwrap();
+        let fake = Arc::new(FakeRuntime::new(images));
+        let status = Arc::new(StatusStore::default());
+        let (recorder, events) = test_recorder();
+        let logs = tempfile::tempdir().unwrap();
+        let ctx = Arc::new(WorkerContext {
+            runtime: fake.clone(),
+            status: status.clone(),
+            recorder,
+            pod_log_dir: logs.path().into(),
+        });
+        let (_events_tx, events_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let uid = pod.uid().to_string();
+        let worker = Worker::new(ctx, Arc::new(pod), events_rx, stop_rx);
+        let task = tokio::spawn(async move {
+            let _keep_events_open = _events_tx;
+            worker.run().await
+        });
+        Harness { fake, status, events, uid, stop: Some(stop_tx), task, _logs: logs }
+    }
+
+    impl Harness {
+        /// The state word of each container: Running, or the waiting/terminated reason.
+        fn states(&self) -> Vec<String> {
+            let Some(status) = self.status.get(&self.uid) else { return vec![] };
+            status
+                .container_statuses
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| {
+                    let s = c.state.clone().unwrap_or_default();
+                    if s.running.is_some() {
+                        "Running".to_string()
+                    } else if let Some(w) = s.waiting {
+                        w.reason.unwrap_or_default()
+                    } else {
+                        s.terminated.and_then(|t| t.reason).unwrap_or_default()
+                    }
+                })
+                .collect()
+        }
+
+        async fn wait_for(&self, want: &[&str]) {
+            for _ in 0..10_000 {
+                if self.states() == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("states stayed {:?}, wanted {want:?}", self.states());
+        }
+
+        fn reasons(&mut self) -> Vec<String> {
+            let mut reasons = Vec::new();
+            while let Ok(o) = self.events.try_recv() {
+                reasons.push(format!("{} {}", o.object.field_path, o.reason));
+            }
+            reasons
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_waiting_for_its_image_does_not_hold_back_the_others() {
+        let mut h = start(&["present:1"]);
+        h.wait_for(&["Running", "ErrImagePull"]).await;
+        let reasons = h.reasons();
+        for expected in [
+            "spec.containers{a} Pulling",
+            "spec.containers{a} Pulled",
+            "spec.containers{a} Created",
+            "spec.containers{a} Started",
+            "spec.containers{b} Pulling",
+            "spec.containers{b} Failed",
+        ] {
+            assert!(reasons.iter().any(|r| r == expected), "{expected} missing from {reasons:?}");
+        }
+        let started = Instant::now();
+        h.wait_for(&["Running", "ImagePullBackOff"]).await;
+        assert!(started.elapsed() <= PULL_ERROR_VISIBLE + Duration::from_millis(50));
+        assert!(h.reasons().contains(&"spec.containers{b} BackOff".to_string()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_arriving_image_starts_the_waiting_container_without_waiting_out_the_back_off() {
+        let h = start(&["present:1"]);
+        h.wait_for(&["Running", "ErrImagePull"]).await;
+        let arrived = Instant::now();
+        h.fake.add_image("missing:1");
+        h.wait_for(&["Running", "Running"]).await;
+        assert!(arrived.elapsed() < Duration::from_secs(1), "{:?}", arrived.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_pulls_back_off_10s_then_20s() {
+        let h = start(&["present:1"]);
+        h.wait_for(&["Running", "ErrImagePull"]).await;
+        let pulls = |h: &Harness| h.fake.calls().iter().filter(|c| *c == "pull missing:1").count();
+        assert_eq!(pulls(&h), 1);
+        tokio::time::sleep(Duration::from_millis(9_900)).await;
+        assert_eq!(pulls(&h), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(pulls(&h), 2);
+        tokio::time::sleep(Duration::from_millis(19_700)).await;
+        assert_eq!(pulls(&h), 2);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(pulls(&h), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_stops_containers_then_the_sandbox_and_removes_everything() {
+        let mut h = start(&["present:1", "missing:1"]);
+        h.wait_for(&["Running", "Running"]).await;
+        assert_eq!(h.fake.live_containers().len(), 3);
+        let _ = h.stop.take().unwrap().send(());
+        (&mut h.task).await.unwrap();
+        let calls = h.fake.calls();
+        let position = |needle: &str| calls.iter().position(|c| c.starts_with(needle)).unwrap_or_else(|| panic!("{needle} in {calls:?}"));
+        let sandbox_stop = position(&format!("stop {}", labels::sandbox_id(&h.uid)));
+        let app_stop = calls.iter().position(|c| c.starts_with("stop") && c.contains("-c-")).unwrap();
+        assert!(app_stop < sandbox_stop, "{calls:?}");
+        let last_removal = calls.iter().rposition(|c| c == &format!("remove-pod {}", h.uid)).unwrap();
+        assert!(last_removal > sandbox_stop, "{calls:?}");
+        assert!(h.fake.live_containers().is_empty());
+        assert!(h.status.get(&h.uid).is_none());
+        assert!(h.reasons().iter().filter(|r| r.ends_with("Killing")).count() == 2);
+    }
 }

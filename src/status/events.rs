@@ -75,9 +75,18 @@ impl ObjectRef {
 
     /// A manifest file that could not be turned into a pod, so no pod can be
     /// named.
-    pub fn file(path: &Path) -> Self {
+    pub fn manifest_file(path: &Path) -> Self {
+        Self::file("ManifestFile", path)
+    }
+
+    /// An image archive in the images directory.
+    pub fn image_archive(path: &Path) -> Self {
+        Self::file("ImageArchive", path)
+    }
+
+    fn file(kind: &str, path: &Path) -> Self {
         ObjectRef {
-            kind: "ManifestFile".into(),
+            kind: kind.into(),
             namespace: "default".into(),
             name: path.display().to_string(),
             uid: String::new(),
@@ -270,7 +279,7 @@ mod tests {
 
     fn occurrence(message: &str, at: i64) -> Occurrence {
         Occurrence {
-            object: ObjectRef::file(Path::new("/m/a.yaml")),
+            object: ObjectRef::manifest_file(Path::new("/m/a.yaml")),
             event_type: EventType::Warning,
             reason: "FailedParse".into(),
             message: message.into(),
@@ -324,7 +333,7 @@ mod tests {
         let (recorder, _rx) = test_recorder();
         for _ in 0..QUEUE_CAPACITY + 3 {
             recorder.record(
-                ObjectRef::file(Path::new("/x")),
+                ObjectRef::manifest_file(Path::new("/x")),
                 EventType::Normal,
                 "R",
                 "m",

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,12 @@ pub struct Agent {
     pub manifests: PathBuf,
     pub state: PathBuf,
     pub logs: PathBuf,
+    /// The air-gap images directory.
+    pub images: PathBuf,
+    /// Docker-style credentials file given as `--registry-config`.
+    pub registry_config: PathBuf,
     pub namespace: String,
+    socket: PathBuf,
     http: String,
     log_file: PathBuf,
 }
@@ -27,42 +32,65 @@ impl Agent {
     /// Starts the agent on `containerd`, in containerd namespace `namespace`,
     /// and waits until its HTTP endpoint answers.
     pub fn start(containerd: &PrivateContainerd, namespace: &str) -> anyhow::Result<Agent> {
+        Self::start_with(containerd, namespace, |_| {})
+    }
+
+    /// Like [`Agent::start`], letting `prepare` put files (archives,
+    /// credentials, manifests) in place before the agent starts.
+    pub fn start_with(
+        containerd: &PrivateContainerd,
+        namespace: &str,
+        prepare: impl FnOnce(&Agent),
+    ) -> anyhow::Result<Agent> {
         let base = containerd.dir().join(format!("agent-{namespace}"));
         let manifests = base.join("manifests");
+        let images = base.join("images");
         std::fs::create_dir_all(&manifests)?;
+        std::fs::create_dir_all(&images)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let http = format!("127.0.0.1:{port}");
-        let log_file = base.join("agent.log");
         let mut agent = Agent {
             child: Command::new("/bin/true").spawn()?,
             state: base.join("state"),
             logs: base.join("logs"),
+            registry_config: base.join("docker-config.json"),
             manifests,
+            images,
             namespace: namespace.into(),
-            http,
-            log_file,
+            socket: containerd.socket().to_path_buf(),
+            http: format!("127.0.0.1:{port}"),
+            log_file: base.join("agent.log"),
         };
-        agent.child = agent.spawn(containerd.socket())?;
+        prepare(&agent);
+        agent.restart()?;
+        Ok(agent)
+    }
+
+    /// Kills the agent (SIGKILL, as a crash would) and starts it again with
+    /// the same directories; returns once it answers.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = self.spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if agent.get("/healthz").is_ok() {
-                return Ok(agent);
+            if self.get("/healthz").is_ok() {
+                return Ok(());
             }
-            if let Some(status) = agent.child.try_wait()? {
-                bail!("agent exited with {status}:\n{}", agent.log());
+            if let Some(status) = self.child.try_wait()? {
+                bail!("agent exited with {status}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!(
             "agent did not answer on {} within 30 s:\n{}",
-            agent.http,
-            agent.log()
+            self.http,
+            self.log()
         )
     }
 
-    fn spawn(&self, socket: &Path) -> anyhow::Result<Child> {
+    fn spawn(&self) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -74,13 +102,17 @@ impl Agent {
             .arg("--manifest-dir")
             .arg(&self.manifests)
             .arg("--containerd-address")
-            .arg(socket)
+            .arg(&self.socket)
             .args(["--containerd-namespace", &self.namespace])
             .args(["--http-listen", &self.http])
             .arg("--state-dir")
             .arg(&self.state)
             .arg("--pod-log-dir")
             .arg(&self.logs)
+            .arg("--images-dir")
+            .arg(&self.images)
+            .arg("--registry-config")
+            .arg(&self.registry_config)
             .args(["--node-name", NODE])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -187,4 +219,14 @@ pub fn running_containers(pod: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The waiting reason of a pod's container, if it is waiting.
+pub fn waiting_reason(pod: &serde_json::Value, container: &str) -> Option<String> {
+    pod["status"]["containerStatuses"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == container)?["state"]["waiting"]["reason"]
+        .as_str()
+        .map(String::from)
 }

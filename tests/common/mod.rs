@@ -3,4 +3,6 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod archives;
 pub mod containerd;
+pub mod registry;

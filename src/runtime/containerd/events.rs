@@ -22,6 +22,8 @@ pub enum RuntimeEvent {
     /// A task's init process exited.
     TaskExit {
         container_id: String,
+        /// PID of the exited process, to tell runs with the same ID apart.
+        pid: u32,
         exit_status: u32,
         exited_at: Option<jiff::Timestamp>,
     },
@@ -100,6 +102,7 @@ fn decode(any: &prost_types::Any) -> Option<RuntimeEvent> {
             }
             Some(RuntimeEvent::TaskExit {
                 container_id: exit.container_id,
+                pid: exit.pid,
                 exit_status: exit.exit_status,
                 exited_at: exit.exited_at.and_then(timestamp),
             })
@@ -138,6 +141,7 @@ mod tests {
             decode(&any),
             Some(RuntimeEvent::TaskExit {
                 container_id: "pk-a-c-app-0".into(),
+                pid: 10,
                 exit_status: 3,
                 exited_at: jiff::Timestamp::from_second(100).ok(),
             })

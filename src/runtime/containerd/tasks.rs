@@ -199,8 +199,9 @@ impl Containerd {
         match tasks.delete(self.request(delete(), None)).await {
             Ok(_) => {}
             Err(status) if status.code() == tonic::Code::NotFound => {}
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                // Still running: kill everything in it, wait, then delete.
+            Err(_) => {
+                // Still running (containerd 1.6 says so with code Unknown):
+                // kill everything in it, wait for the exit, then delete.
                 ignore_not_found(self.kill_task(id, libc::SIGKILL as u32, true).await)?;
                 ignore_not_found(self.wait_task(id).await.map(drop))?;
                 ignore_not_found(
@@ -211,7 +212,6 @@ impl Containerd {
                         .map_err(rpc("delete task", id)),
                 )?;
             }
-            Err(status) => return Err(rpc("delete task", id)(status)),
         }
         let mut containers = ContainersClient::new(self.channel.clone());
         let request = DeleteContainerRequest { id: id.into() };
