@@ -20,7 +20,9 @@ fn pod(name: &str, image: &str) -> String {
 fn wait_running(agent: &Agent, name: &str, timeout: Duration) {
     let full = format!("{name}-{NODE}");
     agent.wait_until(&format!("{full} running"), timeout, || {
-        agent.pod(&full).is_some_and(|p| running_containers(&p).len() == 1)
+        agent
+            .pod(&full)
+            .is_some_and(|p| running_containers(&p).len() == 1)
     });
 }
 
@@ -38,20 +40,32 @@ fn pods_pull_by_tag_by_digest_and_from_a_multi_platform_index() {
     let host = registry.host();
     let busybox = archives::busybox_oci(containerd.dir(), "podkeeper.test/busybox:latest").unwrap();
     let digest = registry.push_oci_archive(&busybox, "bb:v1").unwrap();
-    let multi = common::registry::build_multiarch_archive(containerd.dir(), "podkeeper.test/multi:v1").unwrap();
+    let multi =
+        common::registry::build_multiarch_archive(containerd.dir(), "podkeeper.test/multi:v1")
+            .unwrap();
     registry.push_oci_archive(&multi, "multi:v1").unwrap();
 
     let agent = Agent::start(&containerd, "e2e-pull").unwrap();
     agent.write_manifest("tag.yaml", &pod("tag", &format!("{host}/bb:v1")));
-    agent.write_manifest("digest.yaml", &pod("digest", &format!("{host}/bb@{digest}")));
+    agent.write_manifest(
+        "digest.yaml",
+        &pod("digest", &format!("{host}/bb@{digest}")),
+    );
     agent.write_manifest("multi.yaml", &pod("multi", &format!("{host}/multi:v1")));
     for name in ["tag", "digest", "multi"] {
         wait_running(&agent, name, Duration::from_secs(30));
     }
     let pod = agent.pod(&format!("digest-{NODE}")).unwrap();
-    assert_eq!(pod["status"]["containerStatuses"][0]["imageID"], digest.as_str());
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["imageID"],
+        digest.as_str()
+    );
     let images = containerd.ctr("e2e-pull", &["images", "ls", "-q"]).unwrap();
-    for name in [format!("{host}/bb:v1"), format!("{host}/bb@{digest}"), format!("{host}/multi:v1")] {
+    for name in [
+        format!("{host}/bb:v1"),
+        format!("{host}/bb@{digest}"),
+        format!("{host}/multi:v1"),
+    ] {
         assert!(images.contains(&name), "{name} not in {images}");
     }
 }
@@ -73,11 +87,17 @@ fn ten_pods_needing_one_image_cause_one_pull() {
     single.write_manifest("p.yaml", &pod("p", &format!("{host}/one:v1")));
     wait_running(&single, "p", Duration::from_secs(30));
     let one_pull = registry.pull_requests("one");
-    assert!(one_pull >= 2, "a pull fetches a manifest and blobs: {one_pull}");
+    assert!(
+        one_pull >= 2,
+        "a pull fetches a manifest and blobs: {one_pull}"
+    );
 
     let agent = Agent::start(&containerd, "e2e-ten").unwrap();
     for i in 0..10 {
-        agent.write_manifest(&format!("p{i}.yaml"), &pod(&format!("p{i}"), &format!("{host}/ten:v1")));
+        agent.write_manifest(
+            &format!("p{i}.yaml"),
+            &pod(&format!("p{i}"), &format!("{host}/ten:v1")),
+        );
     }
     for i in 0..10 {
         wait_running(&agent, &format!("p{i}"), Duration::from_secs(60));
@@ -89,7 +109,8 @@ fn ten_pods_needing_one_image_cause_one_pull() {
 
 #[test]
 fn registry_credentials_are_used_and_a_wrong_password_backs_off_as_unauthorized() {
-    if !e2e_enabled("registry_credentials_are_used_and_a_wrong_password_backs_off_as_unauthorized") {
+    if !e2e_enabled("registry_credentials_are_used_and_a_wrong_password_backs_off_as_unauthorized")
+    {
         return;
     }
     let containerd = PrivateContainerd::start().unwrap();
@@ -107,10 +128,9 @@ fn registry_credentials_are_used_and_a_wrong_password_backs_off_as_unauthorized(
     wait_running(&good, "p", Duration::from_secs(30));
 
     let bad = Agent::start_with(&containerd, "e2e-auth-bad", |a| {
-        let wrong = registry.docker_config_json().replace(
-            &base64_of("alice:s3cret"),
-            &base64_of("alice:wrong"),
-        );
+        let wrong = registry
+            .docker_config_json()
+            .replace(&base64_of("alice:s3cret"), &base64_of("alice:wrong"));
         std::fs::write(&a.registry_config, wrong).unwrap();
     })
     .unwrap();
@@ -118,7 +138,8 @@ fn registry_credentials_are_used_and_a_wrong_password_backs_off_as_unauthorized(
     bad.wait_until("ErrImagePull", Duration::from_secs(30), || {
         reason_of(&bad, "p").as_deref() == Some("ErrImagePull")
     });
-    let message = bad.pod(&format!("p-{NODE}")).unwrap()["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+    let message = bad.pod(&format!("p-{NODE}")).unwrap()["status"]["containerStatuses"][0]["state"]
+        ["waiting"]["message"]
         .as_str()
         .unwrap_or_default()
         .to_lowercase();
@@ -164,14 +185,18 @@ fn archives_in_the_images_dir_are_imported_once_and_broken_ones_reported() {
     let work = containerd.dir().join("archives");
     std::fs::create_dir_all(&work).unwrap();
     let oci = archives::busybox_oci(&work, "oci.podkeeper.test/bb:v1").unwrap();
-    let docker = archives::gzip(&archives::busybox_docker(&work, "docker.podkeeper.test/bb:v2").unwrap()).unwrap();
+    let docker =
+        archives::gzip(&archives::busybox_docker(&work, "docker.podkeeper.test/bb:v2").unwrap())
+            .unwrap();
 
     let mut agent = Agent::start(&containerd, "e2e-import").unwrap();
     agent.write_manifest("oci.yaml", &pod("oci", "oci.podkeeper.test/bb:v1"));
     agent.write_manifest("docker.yaml", &pod("docker", "docker.podkeeper.test/bb:v2"));
-    agent.wait_until("both pods waiting for their images", Duration::from_secs(30), || {
-        reason_of(&agent, "oci").is_some() && reason_of(&agent, "docker").is_some()
-    });
+    agent.wait_until(
+        "both pods waiting for their images",
+        Duration::from_secs(30),
+        || reason_of(&agent, "oci").is_some() && reason_of(&agent, "docker").is_some(),
+    );
 
     let copy_in = |source: &Path, name: &str| {
         std::fs::copy(source, agent.images.join(name)).unwrap();
@@ -184,20 +209,37 @@ fn archives_in_the_images_dir_are_imported_once_and_broken_ones_reported() {
 
     let bytes = std::fs::read(&oci).unwrap();
     std::fs::write(agent.images.join("broken.tar"), &bytes[..bytes.len() / 3]).unwrap();
-    agent.wait_until("the broken archive reported", Duration::from_secs(15), || {
-        agent.log().lines().any(|l| l.contains("broken.tar") && l.contains("cannot import image archive"))
-    });
+    agent.wait_until(
+        "the broken archive reported",
+        Duration::from_secs(15),
+        || {
+            agent
+                .log()
+                .lines()
+                .any(|l| l.contains("broken.tar") && l.contains("cannot import image archive"))
+        },
+    );
     assert!(agent.is_running());
     wait_running(&agent, "oci", Duration::from_secs(1));
 
     let before_restart = agent.log().len();
     agent.restart().unwrap();
-    agent.wait_until("both archives skipped after the restart", Duration::from_secs(15), || {
-        let log = agent.log()[before_restart..].to_string();
-        ["busybox-oci.tar", "busybox-docker.tar.gz"]
-            .iter()
-            .all(|name| log.lines().any(|l| l.contains(name) && l.contains("already imported")))
-    });
+    agent.wait_until(
+        "both archives skipped after the restart",
+        Duration::from_secs(15),
+        || {
+            let log = agent.log()[before_restart..].to_string();
+            ["busybox-oci.tar", "busybox-docker.tar.gz"]
+                .iter()
+                .all(|name| {
+                    log.lines()
+                        .any(|l| l.contains(name) && l.contains("already imported"))
+                })
+        },
+    );
     let log = agent.log()[before_restart..].to_string();
-    assert!(!log.contains("imported image archive"), "an archive was imported again:\n{log}");
+    assert!(
+        !log.contains("imported image archive"),
+        "an archive was imported again:\n{log}"
+    );
 }

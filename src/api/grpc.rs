@@ -234,7 +234,11 @@ impl AgentService {
         );
         for pod in self.state.desired.snapshot().pods.values() {
             let spec = pod.pod.spec.clone().unwrap_or_default();
-            let containers = spec.init_containers.unwrap_or_default().into_iter().chain(spec.containers);
+            let containers = spec
+                .init_containers
+                .unwrap_or_default()
+                .into_iter()
+                .chain(spec.containers);
             for container in containers {
                 let Some(Ok(name)) = container.image.as_deref().map(ImageService::normalize) else {
                     continue;

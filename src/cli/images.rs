@@ -33,36 +33,53 @@ pub async fn run(flags: &ClientFlags, command: &ImageCommand) -> anyhow::Result<
                 .into_inner()
                 .images;
             let now = jiff::Timestamp::now();
-            let mut rows = vec![["IMAGE", "DIGEST", "SIZE", "AGE", "USED BY"].map(String::from).to_vec()];
+            let mut rows = vec![["IMAGE", "DIGEST", "SIZE", "AGE", "USED BY"]
+                .map(String::from)
+                .to_vec()];
             for image in images {
                 let age = image
                     .created
                     .parse::<jiff::Timestamp>()
                     .map(|t| human_duration(now.duration_since(t)))
                     .unwrap_or_else(|_| "<unknown>".into());
-                let digest = image.digest.strip_prefix("sha256:").unwrap_or(&image.digest);
+                let digest = image
+                    .digest
+                    .strip_prefix("sha256:")
+                    .unwrap_or(&image.digest);
                 rows.push(vec![
                     image.name,
                     digest.chars().take(12).collect(),
                     human_size(image.size),
                     age,
-                    if image.used_by.is_empty() { "<none>".into() } else { image.used_by.join(",") },
+                    if image.used_by.is_empty() {
+                        "<none>".into()
+                    } else {
+                        image.used_by.join(",")
+                    },
                 ]);
             }
             print!("{}", table(&rows));
         }
         ImageCommand::Pull { reference } => {
             let image = client
-                .pull_image(proto::PullImageRequest { reference: reference.clone() })
+                .pull_image(proto::PullImageRequest {
+                    reference: reference.clone(),
+                })
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            println!("{} {} ({})", image.name, image.digest, human_size(image.size));
+            println!(
+                "{} {} ({})",
+                image.name,
+                image.digest,
+                human_size(image.size)
+            );
         }
         ImageCommand::Import { files } => {
             let mut paths = Vec::new();
             for file in files {
-                let path = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
+                let path =
+                    std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
                 paths.push(path.display().to_string());
             }
             let names = client
@@ -77,7 +94,9 @@ pub async fn run(flags: &ClientFlags, command: &ImageCommand) -> anyhow::Result<
         }
         ImageCommand::Rm { reference } => {
             client
-                .remove_image(proto::RemoveImageRequest { reference: reference.clone() })
+                .remove_image(proto::RemoveImageRequest {
+                    reference: reference.clone(),
+                })
                 .await
                 .map_err(rpc_error)?;
             println!("removed {reference}");

@@ -110,14 +110,20 @@ impl ImportDir {
                 if record.size == meta.len() && record.modified_ns == modified_ns {
                     if self.reported.insert(name.clone()) {
                         match &record.error {
-                            None => info!(archive = %path.display(), images = ?record.images, "archive already imported; skipped"),
-                            Some(e) => info!(archive = %path.display(), error = %e, "archive failed to import before and is unchanged; skipped"),
+                            None => {
+                                info!(archive = %path.display(), images = ?record.images, "archive already imported; skipped")
+                            }
+                            Some(e) => {
+                                info!(archive = %path.display(), error = %e, "archive failed to import before and is unchanged; skipped")
+                            }
                         }
                     }
                     continue;
                 }
             }
-            let age = SystemTime::now().duration_since(modified).unwrap_or_default();
+            let age = SystemTime::now()
+                .duration_since(modified)
+                .unwrap_or_default();
             if age < SETTLING {
                 let at = Instant::now() + (SETTLING - age);
                 again = Some(again.map_or(at, |a| a.min(at)));
@@ -232,7 +238,13 @@ mod tests {
 
     #[test]
     fn temporary_and_hidden_files_are_not_archives() {
-        for name in [".busybox.tar", "a.tar.part", "a.tar.tmp", "a.tar~", "a.crdownload"] {
+        for name in [
+            ".busybox.tar",
+            "a.tar.part",
+            "a.tar.tmp",
+            "a.tar~",
+            "a.crdownload",
+        ] {
             assert_eq!(archive_name(Path::new(name)), None, "{name}");
         }
         for name in ["busybox.tar", "app.tar.gz", "app.oci", "app.tar.zst"] {

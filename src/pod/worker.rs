@@ -592,7 +592,12 @@ mod tests {
     }
 
     fn start(images: &[&str]) -> Harness {
-        let pod = crate::manifest::parse::parse_manifest(POD.as_bytes(), std::path::Path::new("/m/web.yaml"), "n").unwrap();
+        let pod = crate::manifest::parse::parse_manifest(
+            POD.as_bytes(),
+            std::path::Path::new("/m/web.yaml"),
+            "n",
+        )
+        .unwrap();
         let fake = Arc::new(FakeRuntime::new(images));
         let status = Arc::new(StatusStore::default());
         let (recorder, events) = test_recorder();
@@ -611,13 +616,23 @@ mod tests {
             let _keep_events_open = _events_tx;
             worker.run().await
         });
-        Harness { fake, status, events, uid, stop: Some(stop_tx), task, _logs: logs }
+        Harness {
+            fake,
+            status,
+            events,
+            uid,
+            stop: Some(stop_tx),
+            task,
+            _logs: logs,
+        }
     }
 
     impl Harness {
         /// The state word of each container: Running, or the waiting/terminated reason.
         fn states(&self) -> Vec<String> {
-            let Some(status) = self.status.get(&self.uid) else { return vec![] };
+            let Some(status) = self.status.get(&self.uid) else {
+                return vec![];
+            };
             status
                 .container_statuses
                 .clone()
@@ -668,12 +683,17 @@ mod tests {
             "spec.containers{b} Pulling",
             "spec.containers{b} Failed",
         ] {
-            assert!(reasons.iter().any(|r| r == expected), "{expected} missing from {reasons:?}");
+            assert!(
+                reasons.iter().any(|r| r == expected),
+                "{expected} missing from {reasons:?}"
+            );
         }
         let started = Instant::now();
         h.wait_for(&["Running", "ImagePullBackOff"]).await;
         assert!(started.elapsed() <= PULL_ERROR_VISIBLE + Duration::from_millis(50));
-        assert!(h.reasons().contains(&"spec.containers{b} BackOff".to_string()));
+        assert!(h
+            .reasons()
+            .contains(&"spec.containers{b} BackOff".to_string()));
     }
 
     #[tokio::test(start_paused = true)]
@@ -683,14 +703,24 @@ mod tests {
         let arrived = Instant::now();
         h.fake.add_image("missing:1");
         h.wait_for(&["Running", "Running"]).await;
-        assert!(arrived.elapsed() < Duration::from_secs(1), "{:?}", arrived.elapsed());
+        assert!(
+            arrived.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            arrived.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn failed_pulls_back_off_10s_then_20s() {
         let h = start(&["present:1"]);
         h.wait_for(&["Running", "ErrImagePull"]).await;
-        let pulls = |h: &Harness| h.fake.calls().iter().filter(|c| *c == "pull missing:1").count();
+        let pulls = |h: &Harness| {
+            h.fake
+                .calls()
+                .iter()
+                .filter(|c| *c == "pull missing:1")
+                .count()
+        };
         assert_eq!(pulls(&h), 1);
         tokio::time::sleep(Duration::from_millis(9_900)).await;
         assert_eq!(pulls(&h), 1);
@@ -710,14 +740,31 @@ mod tests {
         let _ = h.stop.take().unwrap().send(());
         (&mut h.task).await.unwrap();
         let calls = h.fake.calls();
-        let position = |needle: &str| calls.iter().position(|c| c.starts_with(needle)).unwrap_or_else(|| panic!("{needle} in {calls:?}"));
+        let position = |needle: &str| {
+            calls
+                .iter()
+                .position(|c| c.starts_with(needle))
+                .unwrap_or_else(|| panic!("{needle} in {calls:?}"))
+        };
         let sandbox_stop = position(&format!("stop {}", labels::sandbox_id(&h.uid)));
-        let app_stop = calls.iter().position(|c| c.starts_with("stop") && c.contains("-c-")).unwrap();
+        let app_stop = calls
+            .iter()
+            .position(|c| c.starts_with("stop") && c.contains("-c-"))
+            .unwrap();
         assert!(app_stop < sandbox_stop, "{calls:?}");
-        let last_removal = calls.iter().rposition(|c| c == &format!("remove-pod {}", h.uid)).unwrap();
+        let last_removal = calls
+            .iter()
+            .rposition(|c| c == &format!("remove-pod {}", h.uid))
+            .unwrap();
         assert!(last_removal > sandbox_stop, "{calls:?}");
         assert!(h.fake.live_containers().is_empty());
         assert!(h.status.get(&h.uid).is_none());
-        assert!(h.reasons().iter().filter(|r| r.ends_with("Killing")).count() == 2);
+        assert!(
+            h.reasons()
+                .iter()
+                .filter(|r| r.ends_with("Killing"))
+                .count()
+                == 2
+        );
     }
 }
