@@ -243,3 +243,72 @@ fn archives_in_the_images_dir_are_imported_once_and_broken_ones_reported() {
         "an archive was imported again:\n{log}"
     );
 }
+
+#[test]
+fn removed_images_are_garbage_collected_and_images_in_use_never_are() {
+    if !e2e_enabled("removed_images_are_garbage_collected_and_images_in_use_never_are") {
+        return;
+    }
+    let containerd = PrivateContainerd::start().unwrap();
+    let namespace = "e2e-gc";
+    let agent = Agent::start(&containerd, namespace).unwrap();
+    let busybox = archives::busybox_oci(containerd.dir(), "used.podkeeper.test/bb:v1").unwrap();
+    let data = containerd.dir().join("data.tar");
+    common::synthetic::data_image_archive(&data, "unused.podkeeper.test/data:v1", 1 << 20, 7)
+        .unwrap();
+    for archive in [&busybox, &data] {
+        let out = agent.cli(&["image", "import", archive.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    agent.write_manifest("p.yaml", &pod("p", "used.podkeeper.test/bb:v1"));
+    wait_running(&agent, "p", Duration::from_secs(30));
+
+    let content = || containerd.ctr(namespace, &["content", "ls", "-q"]).unwrap();
+    let snapshots = || containerd.ctr(namespace, &["snapshots", "ls"]).unwrap();
+    let blobs_before = content();
+    let committed_before = snapshots()
+        .lines()
+        .filter(|l| l.contains("Committed"))
+        .count();
+    assert_eq!(
+        committed_before,
+        3,
+        "pause, busybox and data layers: {}",
+        snapshots()
+    );
+
+    let refused = agent.cli(&["image", "rm", "used.podkeeper.test/bb:v1"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("used by pod(s) default/p-node1"));
+
+    let removed = agent.cli(&["image", "rm", "unused.podkeeper.test/data:v1"]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let blobs_after = content();
+    assert_eq!(
+        blobs_before.lines().count() - blobs_after.lines().count(),
+        3,
+        "the data image's manifest, config and layer are collected"
+    );
+    for blob in blobs_after.lines() {
+        assert!(blobs_before.contains(blob));
+    }
+    let committed_after = snapshots()
+        .lines()
+        .filter(|l| l.contains("Committed"))
+        .count();
+    assert_eq!(
+        committed_after,
+        2,
+        "only the data layer's snapshot is collected: {}",
+        snapshots()
+    );
+    wait_running(&agent, "p", Duration::from_secs(1));
+}

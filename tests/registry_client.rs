@@ -491,7 +491,7 @@ async fn one_client_serves_concurrent_pulls() {
     registry.push_oci_archive(&multi, "two:v1").unwrap();
     let client = client_with_config(tmp.path(), &registry.docker_config_json());
 
-    const TASKS: usize = 16;
+    const TASKS: usize = 8;
     let mut tasks = Vec::new();
     for i in 0..TASKS {
         let client = client.clone();

@@ -172,6 +172,9 @@ impl RegistryClient {
     /// digest, the bytes' sha256 must match it (and it is what the registry is asked for).
     pub async fn fetch_manifest(&self, reference: &str) -> Result<FetchedManifest, RegistryError> {
         let reference = parse_reference(reference)?;
+        if let Some(digest) = reference.digest() {
+            check_digest(digest, &reference)?;
+        }
         self.fetch_manifest_of(&reference).await
     }
 
@@ -398,15 +401,7 @@ fn is_sha256_digest(digest: &str) -> bool {
 }
 
 fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
 /// The fields of a manifest or index body needed to tell what it is.
@@ -765,7 +760,7 @@ impl VerifiedBlob {
                 self.what, self.received, self.size
             )));
         }
-        let actual = format!("sha256:{}", hex(&self.hasher.finalize_reset()));
+        let actual = format!("sha256:{:x}", self.hasher.finalize_reset());
         (actual != self.digest).then(|| {
             RegistryError::Invalid(format!(
                 "{}: content has digest {actual}, not {}",
@@ -1162,6 +1157,13 @@ mod tests {
 
         assert!(matches!(
             parse_reference("127.0.0.1:5000/app@sha256:abc"),
+            Err(RegistryError::Invalid(_))
+        ));
+
+        // oci-spec's reference grammar has no IPv6 literals (Docker's has
+        // them since 2023): such references are refused, not misread.
+        assert!(matches!(
+            parse_reference("[::1]:5000/app:v1"),
             Err(RegistryError::Invalid(_))
         ));
     }

@@ -133,6 +133,16 @@ impl Agent {
         std::fs::remove_file(self.manifests.join(file)).expect("removing manifest");
     }
 
+    /// Runs a `podkeeper` client command against this agent.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_podkeeper"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output()
+            .expect("running the podkeeper CLI")
+    }
+
     /// The agent's own log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()

@@ -6,3 +6,4 @@ pub mod agent;
 pub mod archives;
 pub mod containerd;
 pub mod registry;
+pub mod synthetic;

@@ -49,7 +49,6 @@ pub struct TestRegistry {
     binary: PathBuf,
     credentials: Option<(String, String)>,
     child: Option<Child>,
-    pushes: usize,
 }
 
 impl TestRegistry {
@@ -90,7 +89,6 @@ impl TestRegistry {
             binary,
             credentials,
             child: None,
-            pushes: 0,
         };
         let mut last_err = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -263,7 +261,8 @@ impl TestRegistry {
         }
     }
 
-    /// Starts the registry again on the same port with the same storage.
+    /// Starts the registry again on the same port with the same storage. (Another process
+    /// may have taken the port meanwhile; then this fails, with the registry's log.)
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         self.spawn()

@@ -437,13 +437,14 @@ impl Containerd {
         Ok(records)
     }
 
-    /// Deletes an image record; its content and snapshots become garbage
-    /// once nothing else references them.
+    /// Deletes an image record and waits for containerd's garbage
+    /// collection, which removes the content and snapshots nothing else
+    /// references.
     pub async fn delete_image(&self, name: &str) -> Result<(), RuntimeError> {
         let mut images = ImagesClient::new(self.channel.clone());
         let request = DeleteImageRequest {
             name: name.into(),
-            sync: false,
+            sync: true,
             target: None,
         };
         images
