@@ -192,11 +192,16 @@ fn archives_in_the_images_dir_are_imported_once_and_broken_ones_reported() {
     let mut agent = Agent::start(&containerd, "e2e-import").unwrap();
     agent.write_manifest("oci.yaml", &pod("oci", "oci.podkeeper.test/bb:v1"));
     agent.write_manifest("docker.yaml", &pod("docker", "docker.podkeeper.test/bb:v2"));
+    let never = pod("never", "docker.podkeeper.test/bb:v2").replace("IfNotPresent", "Never");
+    agent.write_manifest("never.yaml", &never);
     agent.wait_until(
         "both pods waiting for their images",
         Duration::from_secs(30),
         || reason_of(&agent, "oci").is_some() && reason_of(&agent, "docker").is_some(),
     );
+    agent.wait_until("ErrImageNeverPull", Duration::from_secs(10), || {
+        reason_of(&agent, "never").as_deref() == Some("ErrImageNeverPull")
+    });
 
     let copy_in = |source: &Path, name: &str| {
         std::fs::copy(source, agent.images.join(name)).unwrap();
@@ -206,6 +211,7 @@ fn archives_in_the_images_dir_are_imported_once_and_broken_ones_reported() {
     // Pods start well before their 10 s back-off ends: the import wakes them.
     wait_running(&agent, "oci", Duration::from_secs(8));
     wait_running(&agent, "docker", Duration::from_secs(8));
+    wait_running(&agent, "never", Duration::from_secs(8));
 
     let bytes = std::fs::read(&oci).unwrap();
     std::fs::write(agent.images.join("broken.tar"), &bytes[..bytes.len() / 3]).unwrap();
