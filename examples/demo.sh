@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The podkeeper demo: builds podkeeper, makes sure a containerd is running
-# (starting a private one if none is), imports a busybox image built locally
-# (no registry needed), and runs the agent on examples/manifests in the
-# background. `examples/demo.sh stop` removes the demo's pods and stops what
+# (starting a private one if none is), puts a locally built busybox image
+# archive into the agent's images directory (no registry needed), and runs
+# the agent on examples/manifests in the background. `examples/demo.sh stop` removes the demo's pods and stops what
 # the demo started. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,9 +84,11 @@ TOML
 fi
 echo "$sock" >"$work/containerd.address"
 
-examples/build-busybox-image.sh "$work/busybox.tar" podkeeper.local/busybox:latest >/dev/null
-ctr_at "$sock" -n "$namespace" images import "$work/busybox.tar" >/dev/null
-echo "imported podkeeper.local/busybox:latest"
+# The air-gap way: drop an image archive into the images directory and the
+# agent imports it (here before it starts; it also picks up later arrivals).
+mkdir -p "$work/images"
+examples/build-busybox-image.sh "$work/images/busybox.tar" podkeeper.local/busybox:latest >/dev/null
+echo "podkeeper.local/busybox:latest is in $work/images/busybox.tar"
 
 "$bin" run --config /dev/null \
     --manifest-dir "$repo/examples/manifests" \
@@ -100,7 +102,10 @@ echo "imported podkeeper.local/busybox:latest"
 echo $! >"$work/agent.pid"
 for _ in $(seq 100); do curl -fs "http://$http/healthz" >/dev/null && break; sleep 0.1; done
 curl -fs "http://$http/healthz" >/dev/null || { cat "$work/agent.log"; exit 1; }
-sleep 2
+for _ in $(seq 100); do
+    "$bin" get pods --state-dir "$work/state" 2>/dev/null | grep -q Running && break
+    sleep 0.1
+done
 
 cat <<TEXT
 
@@ -110,6 +115,7 @@ podkeeper is running the pods in examples/manifests.
   $bin describe pod web --state-dir $work/state
   $bin logs web -c client --state-dir $work/state
   $bin events --state-dir $work/state
+  $bin image ls --state-dir $work/state
   curl -s http://$http/pods
   agent log: $work/agent.log
 
