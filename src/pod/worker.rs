@@ -25,7 +25,8 @@ use crate::desired::DesiredPod;
 use crate::images::policy::{Ensured, ImageError, Provenance, PullPolicy};
 use crate::runtime::containerd::events::RuntimeEvent;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
-use crate::runtime::{labels, spec, SandboxFacts};
+use crate::runtime::spec::{ContainerInputs, SandboxFacts, SandboxInputs};
+use crate::runtime::{labels, spec};
 use crate::status::events::{EventType, ObjectRef, Recorder};
 use crate::status::store::StatusStore;
 
@@ -163,7 +164,14 @@ impl<R: PodRuntime> Worker<R> {
 
     async fn create_sandbox(&mut self) {
         let image = self.ctx.runtime.sandbox_image().clone();
-        let result = match spec::sandbox_spec(&self.pod, &image.config, &self.sandbox_id) {
+        let result = match spec::sandbox_spec(
+            &self.pod,
+            &image.config,
+            &SandboxInputs {
+                cgroup_path: format!("/podkeeper/{}", self.sandbox_id),
+                ..Default::default()
+            },
+        ) {
             Ok(oci) => {
                 let new = NewContainer {
                     id: &self.sandbox_id,
@@ -204,7 +212,11 @@ impl<R: PodRuntime> Worker<R> {
         let Some(pid) = self.record.sandbox_pid else {
             return;
         };
-        let sandbox = SandboxFacts { pid };
+        let sandbox = SandboxFacts {
+            pid,
+            addresses: Default::default(),
+            files: None,
+        };
         let specs = self.pod.pod.spec.clone().unwrap_or_default().containers;
         let mut attempts = Vec::new();
         for name in names {
@@ -220,7 +232,7 @@ impl<R: PodRuntime> Worker<R> {
         }
         let starts = attempts
             .iter()
-            .map(|(container, attempt)| self.start_container(container, *attempt, sandbox));
+            .map(|(container, attempt)| self.start_container(container, *attempt, &sandbox));
         let results = futures::future::join_all(starts).await;
         let now = Instant::now();
         for ((container, _), result) in attempts.iter().zip(results) {
@@ -257,7 +269,7 @@ impl<R: PodRuntime> Worker<R> {
         &self,
         container: &Container,
         attempt: u32,
-        sandbox: SandboxFacts,
+        sandbox: &SandboxFacts,
     ) -> Result<Started, StartFailure> {
         let object = ObjectRef::container(&self.pod, &container.name, false);
         let ensured = self.ensure_image(container, &object).await?;
@@ -273,8 +285,18 @@ impl<R: PodRuntime> Worker<R> {
         };
         let id = labels::container_id(self.pod.uid(), &container.name, attempt);
         let image = &ensured.image;
-        let oci = spec::container_spec(&self.pod, container, &image.config, sandbox, &id)
-            .map_err(|e| fail("CreateContainerConfigError", e.to_string()))?;
+        let oci = spec::container_spec(
+            &self.pod,
+            container,
+            "spec.containers",
+            &image.config,
+            sandbox,
+            &ContainerInputs {
+                cgroup_path: format!("/podkeeper/{id}"),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| fail("CreateContainerConfigError", e.to_string()))?;
         let log_file = self.prepare_log_file(&container.name, 0).map_err(|e| {
             fail(
                 "CreateContainerError",

@@ -3,8 +3,10 @@
 //! containerd.
 
 pub mod containerd;
+pub mod env;
 pub mod labels;
 pub mod pause;
+pub mod pod_files;
 pub mod spec;
 
 /// The parts of an image's config a container's process is built from.
@@ -15,11 +17,4 @@ pub struct ImageConfig {
     pub env: Vec<String>,
     pub working_dir: String,
     pub user: String,
-}
-
-/// What a pod's containers need to know about its running sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SandboxFacts {
-    /// PID of the pause process on the host, whose namespaces are joined.
-    pub pid: u32,
 }

@@ -3,28 +3,36 @@
 //! No I/O and no containerd: every rule about how a Kubernetes pod becomes
 //! runc's config lives here and is unit-tested. The sandbox owns the pod's
 //! net, ipc and uts namespaces (and pid with `shareProcessNamespace`); the
-//! pod's containers join them through `/proc/<pause pid>/ns/*`.
+//! pod's containers join them through `/proc/<pause pid>/ns/*`. What other
+//! modules compute (volume mounts, cgroup limits, the CNI network namespace)
+//! comes in through [`ContainerInputs`] and [`SandboxInputs`].
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType,
-    LinuxResources, Process, Root, Spec, User,
+    LinuxResources, Mount, Process, Root, Spec, User,
 };
 
-use super::{ImageConfig, SandboxFacts};
+use super::env::{self, PodAddresses};
+use super::pod_files::PodFiles;
+use super::ImageConfig;
 use crate::desired::DesiredPod;
 
-/// Why no spec could be built; shown as the container's waiting message.
+/// Why no spec could be built; shown as the container's waiting message
+/// (`CreateContainerConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     #[error("container {0:?} has no command: neither the pod nor the image gives one")]
     NoCommand(String),
-    #[error("user {user:?} of image is not numeric; set securityContext.runAsUser")]
+    #[error("user {user:?} of the image is not numeric; set securityContext.runAsUser")]
     NonNumericUser { user: String },
-    #[error("env {name}: valueFrom is not supported yet")]
-    UnsupportedEnvSource { name: String },
+    #[error("container has runAsNonRoot and image will run as root (pod: {pod:?}, container: {container})")]
+    RunsAsRoot { pod: String, container: String },
+    #[error(transparent)]
+    Env(#[from] env::EnvError),
     #[error("building the OCI spec: {0}")]
     Oci(String),
 }
@@ -48,6 +56,84 @@ const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
+/// Every capability, for privileged containers and `add: [ALL]` (runc
+/// skips those the kernel does not know).
+const EVERY_CAPABILITY: [Capability; 41] = [
+    Capability::AuditControl,
+    Capability::AuditRead,
+    Capability::AuditWrite,
+    Capability::BlockSuspend,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::DacReadSearch,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::Kill,
+    Capability::Lease,
+    Capability::LinuxImmutable,
+    Capability::MacAdmin,
+    Capability::MacOverride,
+    Capability::Mknod,
+    Capability::NetAdmin,
+    Capability::NetBindService,
+    Capability::NetBroadcast,
+    Capability::NetRaw,
+    Capability::Perfmon,
+    Capability::Setgid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::SysAdmin,
+    Capability::SysBoot,
+    Capability::SysChroot,
+    Capability::SysModule,
+    Capability::SysNice,
+    Capability::SysPacct,
+    Capability::SysPtrace,
+    Capability::SysRawio,
+    Capability::SysResource,
+    Capability::SysTime,
+    Capability::SysTtyConfig,
+    Capability::Syslog,
+    Capability::WakeAlarm,
+];
+
+/// What the pod's containers build on once the sandbox runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxFacts {
+    /// PID of the pause process on the host, whose namespaces are joined.
+    pub pid: u32,
+    pub addresses: PodAddresses,
+    /// The pod's shared files (`/etc/hosts`, `/etc/resolv.conf`,
+    /// `/etc/hostname`, `/dev/shm`); `None` mounts none of them.
+    pub files: Option<PodFiles>,
+}
+
+/// Per-container parts computed elsewhere.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerInputs {
+    pub cgroup_path: String,
+    /// The container's volume mounts.
+    pub mounts: Vec<Mount>,
+    /// cpu and memory limits (devices are set here).
+    pub resources: Option<LinuxResources>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// Sandbox parts computed elsewhere.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SandboxInputs {
+    pub cgroup_path: String,
+    /// The CNI network namespace to join; `None` makes a new, empty one.
+    pub netns: Option<PathBuf>,
+    pub resources: Option<LinuxResources>,
+    pub oom_score_adj: Option<i32>,
+}
+
 /// The pod's hostname: `spec.hostname` or the pod name, at most 63 characters.
 pub fn pod_hostname(pod: &DesiredPod) -> String {
     let spec = pod_spec(pod);
@@ -59,16 +145,11 @@ pub fn pod_hostname(pod: &DesiredPod) -> String {
         .to_string()
 }
 
-/// cgroup of one container, under podkeeper's own parent.
-pub fn cgroup_path(container_id: &str) -> String {
-    format!("/podkeeper/{container_id}")
-}
-
 /// Spec of the pause container that holds the pod's namespaces.
 pub fn sandbox_spec(
     pod: &DesiredPod,
     image: &ImageConfig,
-    container_id: &str,
+    inputs: &SandboxInputs,
 ) -> Result<Spec, SpecError> {
     let spec = pod_spec(pod);
     let args = [image.entrypoint.clone(), image.cmd.clone()].concat();
@@ -77,7 +158,9 @@ pub fn sandbox_spec(
     }
     let mut namespaces = vec![new_ns(LinuxNamespaceType::Mount)];
     if !spec.host_network.unwrap_or(false) {
-        namespaces.push(new_ns(LinuxNamespaceType::Network));
+        let mut net = new_ns(LinuxNamespaceType::Network);
+        net.set_path(inputs.netns.clone());
+        namespaces.push(net);
         namespaces.push(new_ns(LinuxNamespaceType::Uts));
     }
     if !spec.host_ipc.unwrap_or(false) {
@@ -87,40 +170,69 @@ pub fn sandbox_spec(
         namespaces.push(new_ns(LinuxNamespaceType::Pid));
     }
     let mut process = base_process(args, image.env.clone(), "/".into(), User::default());
-    process.set_capabilities(Some(capabilities(&[])));
+    process.set_capabilities(Some(capabilities(&[], &[])));
+    process.set_oom_score_adj(inputs.oom_score_adj);
     let hostname = (!spec.host_network.unwrap_or(false)).then(|| pod_hostname(pod));
-    finish(process, namespaces, hostname, true, container_id)
+    let mut oci = finish(
+        process,
+        namespaces,
+        hostname,
+        true,
+        &inputs.cgroup_path,
+        inputs.resources.clone(),
+    )?;
+    // The pause process needs no /dev/shm of its own: the pod's is mounted
+    // into each container.
+    if let Some(mounts) = oci.mounts_mut() {
+        mounts.retain(|m| m.destination() != &PathBuf::from("/dev/shm"));
+    }
+    Ok(oci)
 }
 
 /// Spec of one of the pod's containers, joined to `sandbox`'s namespaces.
+/// `list` is `spec.containers` or `spec.initContainers`, for error fields.
 pub fn container_spec(
     pod: &DesiredPod,
     container: &Container,
+    list: &str,
     image: &ImageConfig,
-    sandbox: SandboxFacts,
-    container_id: &str,
+    sandbox: &SandboxFacts,
+    inputs: &ContainerInputs,
 ) -> Result<Spec, SpecError> {
     let spec = pod_spec(pod);
-    let args = command_line(container, image)?;
-    let env = environment(container, image, &pod_hostname(pod))?;
+    let variables = env::container_variables(pod, container, list, &sandbox.addresses)?;
+    let args = env::expand_command(&command_line(container, image)?, &variables);
+    let env = environment(image, &pod_hostname(pod), &variables);
     let cwd = container
         .working_dir
         .clone()
         .filter(|d| !d.is_empty())
         .or_else(|| Some(image.working_dir.clone()).filter(|d| !d.is_empty()))
         .unwrap_or_else(|| "/".into());
-    let user = user(spec, container, image)?;
+    let user = user(pod, spec, container, image)?;
     let mut process = base_process(args, env, cwd, user);
     let security = container.security_context.as_ref();
     let privileged = security.and_then(|s| s.privileged).unwrap_or(false);
-    let added: Vec<String> = security
-        .and_then(|s| s.capabilities.as_ref())
-        .and_then(|c| c.add.clone())
-        .unwrap_or_default();
-    process.set_capabilities(Some(capabilities(&added)));
-    if let Some(false) = security.and_then(|s| s.allow_privilege_escalation) {
+    let capability_names =
+        |pick: fn(&k8s_openapi::api::core::v1::Capabilities) -> Option<Vec<String>>| {
+            security
+                .and_then(|s| s.capabilities.as_ref())
+                .and_then(pick)
+                .unwrap_or_default()
+        };
+    let caps = if privileged {
+        all_capabilities()
+    } else {
+        capabilities(
+            &capability_names(|c| c.add.clone()),
+            &capability_names(|c| c.drop.clone()),
+        )
+    };
+    process.set_capabilities(Some(caps));
+    if !privileged && security.and_then(|s| s.allow_privilege_escalation) == Some(false) {
         process.set_no_new_privileges(Some(true));
     }
+    process.set_oom_score_adj(inputs.oom_score_adj);
 
     let join = |typ, name: &str| {
         let mut ns = new_ns(typ);
@@ -145,13 +257,77 @@ pub fn container_spec(
     let read_only = security
         .and_then(|s| s.read_only_root_filesystem)
         .unwrap_or(false);
-    let mut oci = finish(process, namespaces, None, read_only, container_id)?;
+    let mut oci = finish(
+        process,
+        namespaces,
+        None,
+        read_only,
+        &inputs.cgroup_path,
+        inputs.resources.clone(),
+    )?;
+    let mut mounts = oci.mounts().clone().unwrap_or_default();
+    if let Some(files) = &sandbox.files {
+        let shared_shm = !spec.host_ipc.unwrap_or(false);
+        if shared_shm {
+            mounts.retain(|m| m.destination() != &PathBuf::from("/dev/shm"));
+        }
+        mounts.extend(pod_file_mounts(
+            files,
+            read_only,
+            shared_shm,
+            &inputs.mounts,
+        ));
+    }
+    mounts.extend(inputs.mounts.iter().cloned());
+    oci.set_mounts(Some(mounts));
     if privileged {
         if let Some(linux) = oci.linux_mut() {
             linux.set_masked_paths(None).set_readonly_paths(None);
+            let mut allow_all = LinuxDeviceCgroup::default();
+            allow_all.set_allow(true).set_access(Some("rwm".into()));
+            if let Some(resources) = linux.resources_mut() {
+                resources.set_devices(Some(vec![allow_all]));
+            }
+        }
+        if let Some(mounts) = oci.mounts_mut() {
+            for mount in mounts
+                .iter_mut()
+                .filter(|m| m.destination() == &PathBuf::from("/sys"))
+            {
+                let options = mount.options().clone().unwrap_or_default();
+                mount.set_options(Some(options.into_iter().filter(|o| o != "ro").collect()));
+            }
         }
     }
     Ok(oci)
+}
+
+/// Bind mounts of the pod's shared files, unless a volume already mounts
+/// something at that path (as containerd's CRI plugin does).
+fn pod_file_mounts(files: &PodFiles, read_only: bool, shm: bool, volumes: &[Mount]) -> Vec<Mount> {
+    let taken: HashSet<PathBuf> = volumes.iter().map(|m| m.destination().clone()).collect();
+    let mode = if read_only { "ro" } else { "rw" };
+    let mut wanted = vec![
+        ("/etc/hosts", files.hosts(), mode),
+        ("/etc/resolv.conf", files.resolv_conf(), mode),
+        ("/etc/hostname", files.hostname(), mode),
+    ];
+    if shm {
+        wanted.push(("/dev/shm", files.shm(), "rw"));
+    }
+    wanted
+        .into_iter()
+        .filter(|(destination, _, _)| !taken.contains(&PathBuf::from(destination)))
+        .map(|(destination, source, mode)| {
+            let mut mount = Mount::default();
+            mount
+                .set_destination(destination.into())
+                .set_typ(Some("bind".into()))
+                .set_source(Some(source))
+                .set_options(Some(vec!["rbind".into(), "rprivate".into(), mode.into()]));
+            mount
+        })
+        .collect()
 }
 
 /// Kubernetes' rules: `command` replaces the image's Entrypoint and drops its
@@ -170,40 +346,38 @@ pub fn command_line(container: &Container, image: &ImageConfig) -> Result<Vec<St
     Ok(line)
 }
 
-/// The image's environment, overridden by the container's `env`, plus
-/// `HOSTNAME` as containerd's CRI plugin sets it.
-fn environment(
-    container: &Container,
-    image: &ImageConfig,
-    hostname: &str,
-) -> Result<Vec<String>, SpecError> {
-    let mut order = Vec::new();
-    let mut values = BTreeMap::new();
-    let mut set = |name: String, value: String| {
-        if values.insert(name.clone(), value).is_none() {
-            order.push(name);
-        }
+/// The image's environment, then `HOSTNAME` as containerd's CRI plugin sets
+/// it, then the container's variables, later ones replacing earlier ones of
+/// the same name in place.
+fn environment(image: &ImageConfig, hostname: &str, variables: &[(String, String)]) -> Vec<String> {
+    let mut merged: Vec<(String, String)> = Vec::new();
+    let mut set = |name: &str, value: &str| match merged.iter_mut().find(|(n, _)| n == name) {
+        Some(entry) => entry.1 = value.to_string(),
+        None => merged.push((name.to_string(), value.to_string())),
     };
     for entry in &image.env {
         let (name, value) = entry.split_once('=').unwrap_or((entry, ""));
-        set(name.into(), value.into());
+        set(name, value);
     }
-    set("HOSTNAME".into(), hostname.into());
-    for var in container.env.iter().flatten() {
-        if var.value_from.is_some() {
-            return Err(SpecError::UnsupportedEnvSource {
-                name: var.name.clone(),
-            });
-        }
-        set(var.name.clone(), var.value.clone().unwrap_or_default());
+    set("HOSTNAME", hostname);
+    for (name, value) in variables {
+        set(name, value);
     }
-    Ok(order
+    merged
         .into_iter()
-        .map(|name| format!("{name}={}", values[&name]))
-        .collect())
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect()
 }
 
-fn user(spec: &PodSpec, container: &Container, image: &ImageConfig) -> Result<User, SpecError> {
+/// uid/gid from the securityContext (container over pod) or the image,
+/// checking `runAsNonRoot`; `fsGroup` and `supplementalGroups` become
+/// additional groups.
+fn user(
+    pod: &DesiredPod,
+    spec: &PodSpec,
+    container: &Container,
+    image: &ImageConfig,
+) -> Result<User, SpecError> {
     let pod_security = spec.security_context.as_ref();
     let security = container.security_context.as_ref();
     let run_as_user = security
@@ -212,6 +386,10 @@ fn user(spec: &PodSpec, container: &Container, image: &ImageConfig) -> Result<Us
     let run_as_group = security
         .and_then(|s| s.run_as_group)
         .or_else(|| pod_security.and_then(|s| s.run_as_group));
+    let run_as_non_root = security
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| pod_security.and_then(|s| s.run_as_non_root))
+        .unwrap_or(false);
     let (image_uid, image_gid) = match image.user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (image.user.as_str(), None),
@@ -228,12 +406,31 @@ fn user(spec: &PodSpec, container: &Container, image: &ImageConfig) -> Result<Us
         Some(uid) => uid as u32,
         None => numeric(image_uid)?,
     };
+    if run_as_non_root && uid == 0 {
+        return Err(SpecError::RunsAsRoot {
+            pod: pod.name().into(),
+            container: container.name.clone(),
+        });
+    }
     let gid = match run_as_group {
         Some(gid) => gid as u32,
         None => image_gid.map(numeric).transpose()?.unwrap_or(0),
     };
+    let mut groups: Vec<u32> = pod_security
+        .and_then(|s| s.fs_group)
+        .into_iter()
+        .chain(
+            pod_security
+                .and_then(|s| s.supplemental_groups.clone())
+                .unwrap_or_default(),
+        )
+        .map(|g| g as u32)
+        .collect();
+    groups.dedup();
     let mut user = User::default();
-    user.set_uid(uid).set_gid(gid);
+    user.set_uid(uid)
+        .set_gid(gid)
+        .set_additional_gids((!groups.is_empty()).then_some(groups));
     Ok(user)
 }
 
@@ -252,14 +449,43 @@ fn base_process(args: Vec<String>, env: Vec<String>, cwd: String, user: User) ->
     process
 }
 
-fn capabilities(added: &[String]) -> LinuxCapabilities {
-    let mut set: std::collections::HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
-    for name in added {
-        let name = name.trim_start_matches("CAP_").to_ascii_uppercase();
-        if let Ok(cap) = name.parse::<Capability>() {
-            set.insert(cap);
+/// containerd's default set with `add` and `drop` applied (`ALL` works in
+/// both, and `drop` wins, as in Kubernetes).
+fn capabilities(add: &[String], drop: &[String]) -> LinuxCapabilities {
+    let parse = |name: &String| {
+        name.trim_start_matches("CAP_")
+            .to_ascii_uppercase()
+            .parse::<Capability>()
+            .ok()
+    };
+    let is_all = |names: &[String]| names.iter().any(|n| n.eq_ignore_ascii_case("ALL"));
+    let mut set: HashSet<Capability> = if is_all(add) {
+        every_capability()
+    } else {
+        DEFAULT_CAPABILITIES
+            .into_iter()
+            .chain(add.iter().filter_map(parse))
+            .collect()
+    };
+    if is_all(drop) {
+        set = add.iter().filter_map(parse).collect();
+    } else {
+        for cap in drop.iter().filter_map(parse) {
+            set.remove(&cap);
         }
     }
+    capability_sets(set)
+}
+
+fn all_capabilities() -> LinuxCapabilities {
+    capability_sets(every_capability())
+}
+
+fn every_capability() -> HashSet<Capability> {
+    EVERY_CAPABILITY.into_iter().collect()
+}
+
+fn capability_sets(set: HashSet<Capability>) -> LinuxCapabilities {
     let mut caps = LinuxCapabilities::default();
     caps.set_bounding(Some(set.clone()))
         .set_effective(Some(set.clone()))
@@ -276,13 +502,14 @@ fn new_ns(typ: LinuxNamespaceType) -> LinuxNamespace {
 }
 
 /// Fills in what every podkeeper container shares: runc-like default mounts
-/// and masked paths, deny-all devices, its cgroup.
+/// and masked paths, deny-all devices, its cgroup and limits.
 fn finish(
     process: Process,
     namespaces: Vec<LinuxNamespace>,
     hostname: Option<String>,
     read_only_root: bool,
-    container_id: &str,
+    cgroup_path: &str,
+    resources: Option<LinuxResources>,
 ) -> Result<Spec, SpecError> {
     let mut spec = Spec::default();
     let mut root = Root::default();
@@ -297,12 +524,12 @@ fn finish(
         .ok_or_else(|| SpecError::Oci("default spec has no linux section".into()))?;
     let mut deny_all = LinuxDeviceCgroup::default();
     deny_all.set_allow(false).set_access(Some("rwm".into()));
-    let mut resources = LinuxResources::default();
+    let mut resources = resources.unwrap_or_default();
     resources.set_devices(Some(vec![deny_all]));
     linux
         .set_namespaces(Some(namespaces))
         .set_resources(Some(resources))
-        .set_cgroups_path(Some(cgroup_path(container_id).into()));
+        .set_cgroups_path((!cgroup_path.is_empty()).then(|| cgroup_path.into()));
     Ok(spec)
 }
 
@@ -338,11 +565,35 @@ mod tests {
         }
     }
 
-    const SANDBOX: SandboxFacts = SandboxFacts { pid: 4242 };
+    fn sandbox() -> SandboxFacts {
+        SandboxFacts {
+            pid: 4242,
+            addresses: PodAddresses {
+                pod_ip: Some("10.85.0.9".into()),
+                host_ip: None,
+            },
+            files: None,
+        }
+    }
+
+    fn try_build(pod: &DesiredPod, image: &ImageConfig) -> Result<Spec, SpecError> {
+        let container = &pod.pod.spec.as_ref().unwrap().containers[0];
+        let inputs = ContainerInputs {
+            cgroup_path: "/kubepods/podx/pk-x-c-app-0".into(),
+            ..Default::default()
+        };
+        container_spec(
+            pod,
+            container,
+            "spec.containers",
+            image,
+            &sandbox(),
+            &inputs,
+        )
+    }
 
     fn build(pod: &DesiredPod, image: &ImageConfig) -> Spec {
-        let container = &pod.pod.spec.as_ref().unwrap().containers[0];
-        container_spec(pod, container, image, SANDBOX, "pk-x-c-app-0").unwrap()
+        try_build(pod, image).unwrap()
     }
 
     fn ns_paths(spec: &Spec) -> Vec<(LinuxNamespaceType, Option<String>)> {
@@ -402,36 +653,45 @@ mod tests {
     #[test]
     fn sandbox_owns_new_namespaces_and_the_pod_hostname() {
         let p = pod("", "");
-        let spec = sandbox_spec(
-            &p,
-            &ImageConfig {
-                entrypoint: vec!["/pause".into()],
-                ..Default::default()
-            },
-            "pk-x-pause",
-        )
-        .unwrap();
+        let pause = ImageConfig {
+            entrypoint: vec!["/pause".into()],
+            ..Default::default()
+        };
+        let inputs = SandboxInputs {
+            cgroup_path: "/kubepods/podx/pk-x-pause".into(),
+            oom_score_adj: Some(-998),
+            ..Default::default()
+        };
+        let spec = sandbox_spec(&p, &pause, &inputs).unwrap();
         assert!(ns_paths(&spec).iter().all(|(_, path)| path.is_none()));
         assert_eq!(ns_paths(&spec).len(), 5);
         assert_eq!(spec.hostname().as_deref(), Some("web-node1"));
         assert_eq!(args(&spec), ["/pause"]);
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
-        assert_eq!(
-            spec.linux()
-                .as_ref()
-                .unwrap()
-                .cgroups_path()
-                .as_ref()
-                .unwrap()
-                .display()
-                .to_string(),
-            "/podkeeper/pk-x-pause"
-        );
+        assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(-998));
+        let cgroup = spec.linux().as_ref().unwrap().cgroups_path().clone();
+        assert_eq!(cgroup, Some(PathBuf::from("/kubepods/podx/pk-x-pause")));
+        let mounts = spec.mounts().clone().unwrap();
+        assert!(!mounts
+            .iter()
+            .any(|m| m.destination() == &PathBuf::from("/dev/shm")));
+        let joined = SandboxInputs {
+            netns: Some("/run/pk/netns/x".into()),
+            ..inputs
+        };
+        let spec = sandbox_spec(&p, &pause, &joined).unwrap();
+        let network = (LinuxNamespaceType::Network, Some("/run/pk/netns/x".into()));
+        assert!(ns_paths(&spec).contains(&network));
     }
 
     #[test]
     fn sandbox_without_a_command_is_refused() {
-        assert!(sandbox_spec(&pod("", ""), &ImageConfig::default(), "x").is_err());
+        assert!(sandbox_spec(
+            &pod("", ""),
+            &ImageConfig::default(),
+            &SandboxInputs::default()
+        )
+        .is_err());
     }
 
     #[test]
@@ -461,9 +721,7 @@ mod tests {
 
     #[test]
     fn no_command_anywhere_is_an_error() {
-        let p = pod("", "");
-        let container = &p.pod.spec.as_ref().unwrap().containers[0];
-        let err = container_spec(&p, container, &ImageConfig::default(), SANDBOX, "x").unwrap_err();
+        let err = try_build(&pod("", ""), &ImageConfig::default()).unwrap_err();
         assert_eq!(err, SpecError::NoCommand("app".into()));
     }
 
@@ -484,14 +742,34 @@ mod tests {
     }
 
     #[test]
-    fn env_value_from_is_reported_not_ignored() {
-        let p = pod(
-            "",
-            "    env:\n    - name: X\n      valueFrom: {fieldRef: {fieldPath: metadata.name}}\n",
+    fn env_field_refs_and_expansion_reach_the_process() {
+        let container = concat!(
+            "    command: [echo, '$(IP)']\n",
+            "    env:\n",
+            "    - name: IP\n",
+            "      valueFrom: {fieldRef: {fieldPath: status.podIP}}\n",
+            "    - {name: URL, value: 'http://$(IP):80'}\n",
         );
-        let container = &p.pod.spec.as_ref().unwrap().containers[0];
-        let err = container_spec(&p, container, &image(), SANDBOX, "x").unwrap_err();
-        assert_eq!(err, SpecError::UnsupportedEnvSource { name: "X".into() });
+        let spec = build(&pod("", container), &image());
+        let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+        assert!(env.contains(&"IP=10.85.0.9".to_string()), "{env:?}");
+        assert!(
+            env.contains(&"URL=http://10.85.0.9:80".to_string()),
+            "{env:?}"
+        );
+        assert_eq!(args(&spec), ["echo", "10.85.0.9"]);
+    }
+
+    #[test]
+    fn a_secret_env_source_is_a_config_error_naming_the_field() {
+        let container =
+            "    env:\n    - name: X\n      valueFrom: {secretKeyRef: {name: s, key: k}}\n";
+        let err = try_build(&pod("", container), &image()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("spec.containers[app].env[0].valueFrom:"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -526,9 +804,7 @@ mod tests {
             user: "nginx".into(),
             ..image()
         };
-        let p = pod("", "");
-        let container = &p.pod.spec.as_ref().unwrap().containers[0];
-        assert!(container_spec(&p, container, &named, SANDBOX, "x").is_err());
+        assert!(try_build(&pod("", ""), &named).is_err());
     }
 
     #[test]
@@ -564,6 +840,136 @@ mod tests {
             .as_ref()
             .unwrap()
             .contains(&Capability::NetAdmin));
+    }
+
+    #[test]
+    fn dropped_capabilities_go_and_drop_all_keeps_only_the_added() {
+        let caps = |container: &str| {
+            let spec = build(&pod("", container), &image());
+            spec.process()
+                .as_ref()
+                .unwrap()
+                .capabilities()
+                .clone()
+                .unwrap()
+                .bounding()
+                .clone()
+                .unwrap()
+        };
+        let dropped = caps("    securityContext: {capabilities: {drop: [NET_RAW, CAP_CHOWN]}}\n");
+        assert!(!dropped.contains(&Capability::NetRaw) && !dropped.contains(&Capability::Chown));
+        assert_eq!(dropped.len(), DEFAULT_CAPABILITIES.len() - 2);
+        let minimal =
+            caps("    securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}\n");
+        assert_eq!(minimal, HashSet::from([Capability::NetBindService]));
+    }
+
+    #[test]
+    fn privileged_containers_get_everything() {
+        let spec = build(
+            &pod("", "    securityContext: {privileged: true}\n"),
+            &image(),
+        );
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        assert!(caps
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::SysAdmin));
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.masked_paths(), &None);
+        assert!(linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap()[0]
+            .allow());
+        let sys = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == &PathBuf::from("/sys"))
+            .unwrap();
+        assert!(!sys.options().as_ref().unwrap().contains(&"ro".to_string()));
+    }
+
+    #[test]
+    fn run_as_non_root_refuses_root_and_groups_are_added() {
+        let err = try_build(
+            &pod("  securityContext: {runAsNonRoot: true}\n", ""),
+            &image(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, SpecError::RunsAsRoot { .. }), "{err}");
+        let ok = build(
+            &pod("  securityContext: {runAsNonRoot: true, runAsUser: 1000, fsGroup: 2000, supplementalGroups: [3000]}\n", ""),
+            &image(),
+        );
+        let user = ok.process().as_ref().unwrap().user().clone();
+        assert_eq!(user.uid(), 1000);
+        assert_eq!(user.additional_gids().clone().unwrap(), [2000, 3000]);
+    }
+
+    #[test]
+    fn pod_files_are_bound_in_unless_a_volume_takes_the_path() {
+        let p = pod("", "");
+        let container = &p.pod.spec.as_ref().unwrap().containers[0];
+        let sandbox = SandboxFacts {
+            files: Some(PodFiles::new(Path::new("/state"), "uid")),
+            ..sandbox()
+        };
+        let mut volume = Mount::default();
+        volume
+            .set_destination("/etc/resolv.conf".into())
+            .set_source(Some("/elsewhere".into()));
+        let inputs = ContainerInputs {
+            mounts: vec![volume],
+            ..Default::default()
+        };
+        let spec = container_spec(
+            &p,
+            container,
+            "spec.containers",
+            &image(),
+            &sandbox,
+            &inputs,
+        )
+        .unwrap();
+        let sources: Vec<(String, String)> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m.destination().display().to_string(),
+                    m.source()
+                        .as_ref()
+                        .map(|s| s.display().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert!(sources.contains(&("/etc/hosts".into(), "/state/pods/uid/etc-hosts".into())));
+        assert!(sources.contains(&("/dev/shm".into(), "/state/pods/uid/shm".into())));
+        assert!(sources.contains(&("/etc/resolv.conf".into(), "/elsewhere".into())));
+        assert_eq!(sources.iter().filter(|(d, _)| d == "/dev/shm").count(), 1);
+        assert_eq!(
+            sources
+                .iter()
+                .filter(|(d, _)| d == "/etc/resolv.conf")
+                .count(),
+            1
+        );
     }
 
     #[test]
