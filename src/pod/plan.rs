@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::state::{PodRecord, RunState};
+use super::state::{ContainerRecord, PodRecord, RunState};
 
 /// First and longest delay between attempts (the kubelet's image and
 /// crash-loop back-off: 10 s doubling to 300 s).
@@ -67,44 +67,71 @@ pub struct Plan {
     pub wake_at: Option<Instant>,
 }
 
+/// Init containers run one at a time, in order, each to success (a sidecar
+/// only needs to be running) before the next; app containers start once all
+/// are done. A failed init container is retried with back-off, unless
+/// `restartPolicy: Never`, which fails the pod.
 pub fn plan(record: &PodRecord, now: Instant) -> Plan {
     let mut plan = Plan::default();
-    let mut wake = |at: Option<Instant>| {
-        if let Some(at) = at {
-            plan.wake_at = Some(plan.wake_at.map_or(at, |w: Instant| w.min(at)));
-        }
-    };
     if record.sandbox_pid.is_none() {
         if record.sandbox_retry.due(now) {
             plan.create_sandbox = true;
         } else {
-            wake(record.sandbox_retry.not_before);
+            plan.wake(record.sandbox_retry.not_before);
         }
         return plan;
     }
-    for container in &record.containers {
-        let RunState::Waiting { reason, .. } = &container.state else {
+    if record.init_failed_for_good() {
+        return plan;
+    }
+    for init in &record.init_containers {
+        if init.initialized() {
             continue;
-        };
-        if reason == "ErrImagePull" {
-            match container.pull_backoff_at {
-                Some(at) if at <= now => plan.show_pull_backoff.push(container.name.clone()),
-                at => wake(at),
-            }
         }
-        if container.retry.due(now) {
-            plan.start.push(container.name.clone());
-        } else {
-            wake(container.retry.not_before);
+        if init.is_running() {
+            // A regular init container still working: wait for its exit.
+            return plan;
+        }
+        plan.consider(init, now);
+        return plan;
+    }
+    for container in &record.containers {
+        if matches!(container.state, RunState::Waiting { .. }) {
+            plan.consider(container, now);
         }
     }
     plan
 }
 
+impl Plan {
+    fn wake(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+        }
+    }
+
+    /// A container that is not running and should be: start it when its
+    /// back-off allows.
+    fn consider(&mut self, container: &ContainerRecord, now: Instant) {
+        if let RunState::Waiting { reason, .. } = &container.state {
+            if reason == "ErrImagePull" {
+                match container.pull_backoff_at {
+                    Some(at) if at <= now => self.show_pull_backoff.push(container.name.clone()),
+                    at => self.wake(at),
+                }
+            }
+        }
+        if container.retry.due(now) {
+            self.start.push(container.name.clone());
+        } else {
+            self.wake(container.retry.not_before);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pod::state::ContainerRecord;
 
     fn record(states: Vec<RunState>) -> PodRecord {
         PodRecord {
@@ -113,6 +140,7 @@ mod tests {
             start_time: None,
             sandbox_pid: Some(42),
             sandbox_retry: Retry::default(),
+            init_containers: Vec::new(),
             containers: states
                 .into_iter()
                 .enumerate()
@@ -188,6 +216,62 @@ mod tests {
         let p = plan(&r, now + PULL_ERROR_VISIBLE);
         assert_eq!(p.show_pull_backoff, ["c0"]);
         assert_eq!(p.wake_at, Some(now + BACKOFF_INITIAL));
+    }
+
+    fn init(name: &str, state: RunState, sidecar: bool) -> ContainerRecord {
+        ContainerRecord {
+            sidecar,
+            ..ContainerRecord::new(name.into(), "busybox".into(), state)
+        }
+    }
+
+    #[test]
+    fn init_containers_run_one_at_a_time_before_the_app() {
+        let now = Instant::now();
+        let running = RunState::Running {
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+        };
+        let mut r = record(vec![RunState::creating()]);
+        r.init_containers = vec![
+            init("i1", RunState::creating(), false),
+            init("i2", RunState::creating(), false),
+        ];
+        assert_eq!(plan(&r, now).start, ["i1"]);
+        r.init_containers[0].state = running.clone();
+        assert_eq!(plan(&r, now), Plan::default());
+        r.init_containers[0].state = RunState::exited(0, false, None, None);
+        assert_eq!(plan(&r, now).start, ["i2"]);
+        r.init_containers[1].state = RunState::exited(0, false, None, None);
+        assert_eq!(plan(&r, now).start, ["c0"]);
+    }
+
+    #[test]
+    fn a_sidecar_runs_on_while_the_next_init_container_starts() {
+        let now = Instant::now();
+        let running = RunState::Running {
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+        };
+        let mut r = record(vec![RunState::creating()]);
+        r.init_containers = vec![
+            init("side", running, true),
+            init("i2", RunState::creating(), false),
+        ];
+        assert_eq!(plan(&r, now).start, ["i2"]);
+    }
+
+    #[test]
+    fn a_failed_init_container_backs_off_or_fails_the_pod_under_never() {
+        let now = Instant::now();
+        let mut r = record(vec![RunState::creating()]);
+        r.init_containers = vec![init("i1", RunState::exited(1, false, None, None), false)];
+        r.init_containers[0].retry.failed(now);
+        let p = plan(&r, now);
+        assert!(p.start.is_empty());
+        assert_eq!(p.wake_at, Some(now + BACKOFF_INITIAL));
+        assert_eq!(plan(&r, now + BACKOFF_INITIAL).start, ["i1"]);
+        r.restart_policy = "Never".into();
+        assert_eq!(plan(&r, now + BACKOFF_INITIAL), Plan::default());
+        assert_eq!(r.phase(), "Failed");
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct ContainerRecord {
     pub retry: Retry,
     /// When a shown `ErrImagePull` turns into `ImagePullBackOff`.
     pub pull_backoff_at: Option<Instant>,
+    /// An init container with `restartPolicy: Always`: a native sidecar,
+    /// started before the next init container and kept running.
+    pub sidecar: bool,
 }
 
 impl ContainerRecord {
@@ -95,6 +98,29 @@ impl ContainerRecord {
             attempts: 0,
             retry: Retry::default(),
             pull_backoff_at: None,
+            sidecar: false,
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.state, RunState::Running { .. })
+    }
+
+    pub fn succeeded(&self) -> bool {
+        matches!(self.state, RunState::Terminated { exit_code: 0, .. })
+    }
+
+    pub fn failed(&self) -> bool {
+        matches!(self.state, RunState::Terminated { exit_code, .. } if exit_code != 0)
+    }
+
+    /// Done as an init step: a regular init container that succeeded, or
+    /// a sidecar that runs.
+    pub fn initialized(&self) -> bool {
+        if self.sidecar {
+            self.is_running()
+        } else {
+            self.succeeded()
         }
     }
 }
@@ -109,6 +135,8 @@ pub struct PodRecord {
     pub sandbox_pid: Option<u32>,
     /// Back-off of failed attempts to create the sandbox.
     pub sandbox_retry: Retry,
+    /// Init containers in order, run one at a time before `containers`.
+    pub init_containers: Vec<ContainerRecord>,
     pub containers: Vec<ContainerRecord>,
 }
 
@@ -116,22 +144,43 @@ impl PodRecord {
     /// Kubernetes' pod phase (`getPhase` in kubelet_pods.go, without init
     /// containers).
     pub fn phase(&self) -> &'static str {
+        if self.init_failed_for_good() {
+            return "Failed";
+        }
+        if !self.initialized() {
+            return "Pending";
+        }
         let waiting = |c: &&ContainerRecord| matches!(c.state, RunState::Waiting { .. });
-        let running = |c: &&ContainerRecord| matches!(c.state, RunState::Running { .. });
-        let failed = |c: &&ContainerRecord| matches!(c.state, RunState::Terminated { exit_code, .. } if exit_code != 0);
         if self.containers.is_empty() || self.containers.iter().any(|c| waiting(&c)) {
             return "Pending";
         }
-        if self.containers.iter().any(|c| running(&c)) {
+        if self.containers.iter().any(ContainerRecord::is_running) {
             return "Running";
         }
         // Every container has terminated.
-        let any_failed = self.containers.iter().any(|c| failed(&c));
+        let any_failed = self.containers.iter().any(ContainerRecord::failed);
         match (self.restart_policy.as_str(), any_failed) {
             ("Never", true) => "Failed",
             ("Never", false) | ("OnFailure", false) => "Succeeded",
             _ => "Running",
         }
+    }
+
+    /// Every init step is done (vacuously true without init containers).
+    pub fn initialized(&self) -> bool {
+        self.init_containers
+            .iter()
+            .all(ContainerRecord::initialized)
+    }
+
+    /// A regular init container failed and `restartPolicy: Never` forbids a
+    /// retry: the pod has failed.
+    pub fn init_failed_for_good(&self) -> bool {
+        self.restart_policy == "Never"
+            && self
+                .init_containers
+                .iter()
+                .any(|c| !c.sidecar && c.failed())
     }
 
     /// The `v1.PodStatus` the API shows.
@@ -153,6 +202,16 @@ impl PodRecord {
                 ..Default::default()
             };
         let not_ready_message = format!("containers with unready status: [{}]", unready.join(" "));
+        let incomplete: Vec<&str> = self
+            .init_containers
+            .iter()
+            .filter(|c| !c.initialized())
+            .map(|c| c.name.as_str())
+            .collect();
+        let init_message = format!(
+            "containers with incomplete status: [{}]",
+            incomplete.join(" ")
+        );
         PodStatus {
             phase: Some(self.phase().into()),
             host_ip: self.host_ip.clone(),
@@ -164,7 +223,12 @@ impl PodRecord {
                     None,
                     None,
                 ),
-                condition("Initialized", true, None, None),
+                condition(
+                    "Initialized",
+                    incomplete.is_empty(),
+                    Some("ContainersNotInitialized"),
+                    Some(init_message),
+                ),
                 condition(
                     "Ready",
                     ready,
@@ -180,18 +244,25 @@ impl PodRecord {
                 condition("PodScheduled", true, None, None),
             ]),
             container_statuses: Some(statuses),
+            init_container_statuses: (!self.init_containers.is_empty())
+                .then(|| self.init_containers.iter().map(container_status).collect()),
             ..Default::default()
         }
     }
 
+    /// An init or app container by name (names are unique across both).
     pub fn container_mut(&mut self, name: &str) -> Option<&mut ContainerRecord> {
-        self.containers.iter_mut().find(|c| c.name == name)
+        self.init_containers
+            .iter_mut()
+            .chain(self.containers.iter_mut())
+            .find(|c| c.name == name)
     }
 
     /// Names of containers by their current containerd ID.
     pub fn ids(&self) -> BTreeMap<String, String> {
-        self.containers
+        self.init_containers
             .iter()
+            .chain(&self.containers)
             .filter_map(|c| Some((c.container_id.clone()?, c.name.clone())))
             .collect()
     }
@@ -261,6 +332,7 @@ mod tests {
             start_time: None,
             sandbox_pid: Some(1),
             sandbox_retry: Retry::default(),
+            init_containers: Vec::new(),
             containers: states
                 .into_iter()
                 .enumerate()

@@ -75,21 +75,34 @@ impl<R: PodRuntime> Worker<R> {
         stop: oneshot::Receiver<()>,
     ) -> Worker<R> {
         let spec = pod.pod.spec.clone().unwrap_or_default();
-        let containers = spec
-            .containers
-            .iter()
-            .map(|c| {
-                let image = c.image.clone().unwrap_or_default();
-                ContainerRecord::new(c.name.clone(), image, RunState::creating())
-            })
-            .collect();
+        let inits = spec.init_containers.clone().unwrap_or_default();
+        // The kubelet's waiting reason while init containers run.
+        let initial = if inits.is_empty() {
+            RunState::creating()
+        } else {
+            RunState::Waiting {
+                reason: "PodInitializing".into(),
+                message: String::new(),
+            }
+        };
+        let record_of = |c: &Container| {
+            let image = c.image.clone().unwrap_or_default();
+            ContainerRecord {
+                sidecar: c.restart_policy.as_deref() == Some("Always"),
+                ..ContainerRecord::new(c.name.clone(), image, initial.clone())
+            }
+        };
         let record = PodRecord {
-            restart_policy: spec.restart_policy.unwrap_or_else(|| "Always".into()),
+            restart_policy: spec
+                .restart_policy
+                .clone()
+                .unwrap_or_else(|| "Always".into()),
             host_ip: None,
             start_time: None,
             sandbox_pid: None,
             sandbox_retry: Default::default(),
-            containers,
+            init_containers: inits.iter().map(record_of).collect(),
+            containers: spec.containers.iter().map(record_of).collect(),
         };
         Worker {
             sandbox_id: labels::sandbox_id(pod.uid()),
@@ -107,17 +120,6 @@ impl<R: PodRuntime> Worker<R> {
     pub async fn run(mut self) {
         self.publish();
         self.ctx.runtime.remove_pod(self.pod.uid()).await;
-        if self.has_init_containers() {
-            let message = "initContainers are not supported by this version of podkeeper";
-            self.record_pod_event(EventType::Warning, "FailedCreate", message);
-            for c in &mut self.record.containers {
-                c.state = RunState::Waiting {
-                    reason: "CreateContainerConfigError".into(),
-                    message: message.into(),
-                };
-                c.retry.not_before = Some(Instant::now() + Duration::from_secs(86400 * 365));
-            }
-        }
         loop {
             let now = Instant::now();
             let plan = plan(&self.record, now);
@@ -152,10 +154,22 @@ impl<R: PodRuntime> Worker<R> {
         info!(pod = %self.pod.name(), uid = %self.pod.uid(), "pod removed");
     }
 
-    fn has_init_containers(&self) -> bool {
-        let spec = self.pod.pod.spec.as_ref();
-        spec.and_then(|s| s.init_containers.as_ref())
-            .is_some_and(|i| !i.is_empty())
+    /// A container of the pod by name, and whether it is an init container.
+    fn container_spec(&self, name: &str) -> Option<(Container, bool)> {
+        let spec = self.pod.pod.spec.as_ref()?;
+        let init = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == name);
+        match init {
+            Some(c) => Some((c.clone(), true)),
+            None => spec
+                .containers
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| (c.clone(), false)),
+        }
     }
 
     fn publish(&self) {
@@ -217,30 +231,32 @@ impl<R: PodRuntime> Worker<R> {
             addresses: Default::default(),
             files: None,
         };
-        let specs = self.pod.pod.spec.clone().unwrap_or_default().containers;
         let mut attempts = Vec::new();
         for name in names {
-            let (Some(container), Some(record)) = (
-                specs.iter().find(|c| &c.name == name),
-                self.record.container_mut(name),
-            ) else {
+            let Some((container, init)) = self.container_spec(name) else {
+                continue;
+            };
+            let Some(record) = self.record.container_mut(name) else {
                 continue;
             };
             let attempt = record.attempts;
             record.attempts += 1;
-            attempts.push((container.clone(), attempt));
+            attempts.push((container, init, attempt));
         }
-        let starts = attempts
-            .iter()
-            .map(|(container, attempt)| self.start_container(container, *attempt, &sandbox));
+        let starts = attempts.iter().map(|(container, init, attempt)| {
+            self.start_container(container, *init, *attempt, &sandbox)
+        });
         let results = futures::future::join_all(starts).await;
         let now = Instant::now();
-        for ((container, _), result) in attempts.iter().zip(results) {
+        for ((container, _, _), result) in attempts.iter().zip(results) {
             let Some(record) = self.record.container_mut(&container.name) else {
                 continue;
             };
             match result {
                 Ok(started) => {
+                    if matches!(record.state, RunState::Terminated { .. }) {
+                        record.restart_count += 1;
+                    }
                     record.container_id = Some(started.id);
                     record.image_id = started.image_id;
                     record.state = RunState::Running {
@@ -268,10 +284,16 @@ impl<R: PodRuntime> Worker<R> {
     async fn start_container(
         &self,
         container: &Container,
+        init: bool,
         attempt: u32,
         sandbox: &SandboxFacts,
     ) -> Result<Started, StartFailure> {
-        let object = ObjectRef::container(&self.pod, &container.name, false);
+        let object = ObjectRef::container(&self.pod, &container.name, init);
+        let list = if init {
+            "spec.initContainers"
+        } else {
+            "spec.containers"
+        };
         let ensured = self.ensure_image(container, &object).await?;
         let recorder = &self.ctx.recorder;
         let fail = |reason: &'static str, message: String| {
@@ -288,7 +310,7 @@ impl<R: PodRuntime> Worker<R> {
         let oci = spec::container_spec(
             &self.pod,
             container,
-            "spec.containers",
+            list,
             &image.config,
             sandbox,
             &ContainerInputs {
@@ -518,6 +540,16 @@ impl<R: PodRuntime> Worker<R> {
         };
         record.state = RunState::exited(exit_status, oom, started_at, exited_at);
         info!(pod = %self.pod.name(), container = %name, exit_status, "container exited");
+        let is_init = self.record.init_containers.iter().any(|c| c.name == name);
+        let never = self.record.restart_policy == "Never";
+        if let Some(record) = self.record.container_mut(&name) {
+            // A failed init container, or a sidecar that stopped, is tried
+            // again after a back-off (app container restarts come with the
+            // lifecycle work).
+            if is_init && (record.sidecar || (record.failed() && !never)) {
+                record.retry.failed(Instant::now());
+            }
+        }
         self.publish();
     }
 
@@ -526,9 +558,10 @@ impl<R: PodRuntime> Worker<R> {
     async fn recheck_tasks(&mut self) {
         let running: Vec<String> = self
             .record
-            .containers
+            .init_containers
             .iter()
-            .filter(|c| matches!(c.state, RunState::Running { .. }))
+            .chain(&self.record.containers)
+            .filter(|c| c.is_running())
             .filter_map(|c| c.container_id.clone())
             .collect();
         for id in running {
@@ -552,24 +585,29 @@ impl<R: PodRuntime> Worker<R> {
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(crate::manifest::parse::DEFAULT_GRACE_PERIOD_SECONDS)
             .max(0) as u64;
-        let running: Vec<(String, String)> = self
-            .record
-            .containers
-            .iter()
-            .filter(|c| matches!(c.state, RunState::Running { .. }))
-            .filter_map(|c| Some((c.name.clone(), c.container_id.clone()?)))
-            .collect();
+        // App containers first, then sidecars and a running init container,
+        // as the kubelet orders termination.
         let runtime = &self.ctx.runtime;
-        let stops = running.iter().map(|(name, id)| {
-            self.ctx.recorder.record(
-                ObjectRef::container(&self.pod, name, false),
-                EventType::Normal,
-                "Killing",
-                format!("Stopping container {name}"),
-            );
-            runtime.stop_container(id, Duration::from_secs(grace))
-        });
-        futures::future::join_all(stops).await;
+        for (list, init) in [
+            (&self.record.containers, false),
+            (&self.record.init_containers, true),
+        ] {
+            let running: Vec<(&str, &str)> = list
+                .iter()
+                .filter(|c| c.is_running())
+                .filter_map(|c| Some((c.name.as_str(), c.container_id.as_deref()?)))
+                .collect();
+            let stops = running.iter().map(|(name, id)| {
+                self.ctx.recorder.record(
+                    ObjectRef::container(&self.pod, name, init),
+                    EventType::Normal,
+                    "Killing",
+                    format!("Stopping container {name}"),
+                );
+                runtime.stop_container(id, Duration::from_secs(grace))
+            });
+            futures::future::join_all(stops).await;
+        }
         if self.record.sandbox_pid.is_some() {
             runtime
                 .stop_container(&self.sandbox_id, SANDBOX_STOP_TIMEOUT)
@@ -605,6 +643,7 @@ mod tests {
 
     struct Harness {
         fake: Arc<FakeRuntime>,
+        exits: mpsc::UnboundedSender<RuntimeEvent>,
         status: Arc<StatusStore>,
         events: mpsc::Receiver<Occurrence>,
         uid: String,
@@ -614,8 +653,12 @@ mod tests {
     }
 
     fn start(images: &[&str]) -> Harness {
+        start_pod(POD, images)
+    }
+
+    fn start_pod(manifest: &str, images: &[&str]) -> Harness {
         let pod = crate::manifest::parse::parse_manifest(
-            POD.as_bytes(),
+            manifest.as_bytes(),
             std::path::Path::new("/m/web.yaml"),
             "n",
         )
@@ -630,16 +673,14 @@ mod tests {
             recorder,
             pod_log_dir: logs.path().into(),
         });
-        let (_events_tx, events_rx) = mpsc::unbounded_channel();
+        let (exits, events_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let uid = pod.uid().to_string();
         let worker = Worker::new(ctx, Arc::new(pod), events_rx, stop_rx);
-        let task = tokio::spawn(async move {
-            let _keep_events_open = _events_tx;
-            worker.run().await
-        });
+        let task = tokio::spawn(worker.run());
         Harness {
             fake,
+            exits,
             status,
             events,
             uid,
@@ -650,6 +691,30 @@ mod tests {
     }
 
     impl Harness {
+        /// Tells the worker that container `name`'s current run exited.
+        fn exit(&self, name: &str, attempt: u32, status: u32) {
+            let event = RuntimeEvent::TaskExit {
+                container_id: labels::container_id(&self.uid, name, attempt),
+                pid: 0,
+                exit_status: status,
+                exited_at: None,
+            };
+            self.exits.send(event).unwrap();
+        }
+
+        fn init_states(&self) -> Vec<String> {
+            let Some(status) = self.status.get(&self.uid) else {
+                return vec![];
+            };
+            status
+                .init_container_statuses
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| state_word(c.state.clone().unwrap_or_default()))
+                .collect()
+        }
+
         /// The state word of each container: Running, or the waiting/terminated reason.
         fn states(&self) -> Vec<String> {
             let Some(status) = self.status.get(&self.uid) else {
@@ -690,6 +755,92 @@ mod tests {
             }
             reasons
         }
+    }
+
+    fn state_word(s: k8s_openapi::api::core::v1::ContainerState) -> String {
+        if s.running.is_some() {
+            "Running".to_string()
+        } else if let Some(w) = s.waiting {
+            w.reason.unwrap_or_default()
+        } else {
+            s.terminated.and_then(|t| t.reason).unwrap_or_default()
+        }
+    }
+
+    const WITH_INIT: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  initContainers:\n  - {name: setup, image: x:1}\n  - {name: side, image: x:1, restartPolicy: Always}\n  - {name: last, image: x:1}\n  containers:\n  - {name: app, image: x:1}\n";
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn init_containers_run_in_order_and_the_sidecar_keeps_running() {
+        let h = start_pod(WITH_INIT, &["x:1"]);
+        settle().await;
+        assert_eq!(
+            h.init_states(),
+            ["Running", "PodInitializing", "PodInitializing"]
+        );
+        assert_eq!(h.states(), ["PodInitializing"]);
+        h.exit("setup", 0, 0);
+        settle().await;
+        // The sidecar started, then the last init container right after it.
+        assert_eq!(h.init_states(), ["Completed", "Running", "Running"]);
+        h.exit("last", 0, 0);
+        settle().await;
+        assert_eq!(h.init_states(), ["Completed", "Running", "Completed"]);
+        assert_eq!(h.states(), ["Running"]);
+        let status = h.status.get(&h.uid).unwrap();
+        let initialized = status
+            .conditions
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Initialized")
+            .unwrap();
+        assert_eq!(initialized.status, "True");
+        let runs: Vec<String> = h
+            .fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("run ") && c.contains("-c-"))
+            .collect();
+        let order: Vec<&str> = runs
+            .iter()
+            .map(|c| c.split("-c-").nth(1).unwrap())
+            .collect();
+        assert_eq!(order, ["setup-0", "side-0", "last-0", "app-0"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_init_container_is_retried_with_back_off() {
+        let h = start_pod(WITH_INIT, &["x:1"]);
+        settle().await;
+        h.exit("setup", 0, 1);
+        settle().await;
+        assert_eq!(h.init_states()[0], "Error");
+        assert_eq!(h.states(), ["PodInitializing"]);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(h.init_states()[0], "Running");
+        let status = h.status.get(&h.uid).unwrap();
+        assert_eq!(
+            status.init_container_statuses.clone().unwrap()[0].restart_count,
+            1
+        );
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_init_container_fails_the_pod_under_restart_policy_never() {
+        let manifest = WITH_INIT.replace("spec:\n", "spec:\n  restartPolicy: Never\n");
+        let h = start_pod(&manifest, &["x:1"]);
+        settle().await;
+        h.exit("setup", 0, 1);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let status = h.status.get(&h.uid).unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+        assert_eq!(h.init_states()[0], "Error");
+        assert_eq!(h.states(), ["PodInitializing"]);
     }
 
     #[tokio::test(start_paused = true)]
