@@ -10,7 +10,8 @@
 #   ctr --address SOCK -n NS images import OUT.tar
 #
 # Default IMAGE_REF: podkeeper.local/busybox:latest. Needs only bash, coreutils
-# and GNU tar. Output is byte-for-byte reproducible for a given busybox binary.
+# and GNU tar, and lib-oci.sh next to this script. Output is byte-for-byte
+# reproducible for a given busybox binary.
 # Env: BUSYBOX overrides the busybox binary (default /bin/busybox; must be static).
 #
 # Notes on containerd 1.6 `ctr images import` (observed with 1.6.20):
@@ -31,14 +32,10 @@
 #  * The layer is uncompressed (application/vnd.oci.image.layer.v1.tar), so the
 #    layer digest equals the config's diff_id.
 set -euo pipefail
+# shellcheck source=lib-oci.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib-oci.sh"
 
-if [[ $# -lt 1 || $# -gt 2 ]]; then
-    echo "usage: $0 OUT.tar [IMAGE_REF]" >&2
-    exit 2
-fi
-
-out=$1
-ref=${2:-podkeeper.local/busybox:latest}
+out_and_ref podkeeper.local/busybox:latest "$@"
 busybox=${BUSYBOX:-/bin/busybox}
 
 if [[ ! -x $busybox ]]; then
@@ -68,22 +65,11 @@ else
     platform_json=$(printf '"architecture":"%s","os":"linux"' "$arch")
 fi
 
-# Minimal JSON string escaping for the image reference (quotes and backslashes).
-json_escape() {
-    local s=$1
-    s=${s//\\/\\\\}
-    s=${s//\"/\\\"}
-    printf '%s' "$s"
-}
-ref_json=$(json_escape "$ref")
-
 work=$(mktemp -d "${TMPDIR:-/tmp}/bbimg.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 umask 022
 
-tar_det=(--sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu)
-
-# ---- layer ----------------------------------------------------------------
+# ---- root filesystem ------------------------------------------------------
 root=$work/rootfs
 mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/proc" "$root/sys" \
     "$root/dev" "$root/root" "$root/var"
@@ -105,54 +91,16 @@ if ((napplets == 0)); then
     exit 1
 fi
 
+# ---- image: layer, config, manifest ---------------------------------------
 layout=$work/layout
 blobs=$layout/blobs/sha256
 mkdir -p "$blobs"
+add_image "$blobs" "$work" "$platform_json" '["sh"]' "$root" bin dev etc proc root sys tmp var
+manifest_digest=$blob_digest manifest_size=$blob_size
 
-layer_tmp=$work/layer.tar
-tar -C "$root" "${tar_det[@]}" -cf "$layer_tmp" bin dev etc proc root sys tmp var
-
-# sha256 of a file, hex only.
-sha256_of() {
-    local h
-    h=$(sha256sum "$1")
-    printf '%s' "${h%% *}"
-}
-
-layer_digest=$(sha256_of "$layer_tmp")
-layer_size=$(stat -c %s "$layer_tmp")
-mv "$layer_tmp" "$blobs/$layer_digest"
-
-# ---- config ---------------------------------------------------------------
-config_tmp=$work/config.json
-printf '{%s,"config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$platform_json" "$layer_digest" >"$config_tmp"
-config_digest=$(sha256_of "$config_tmp")
-config_size=$(stat -c %s "$config_tmp")
-mv "$config_tmp" "$blobs/$config_digest"
-
-# ---- manifest -------------------------------------------------------------
-manifest_tmp=$work/manifest.json
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
-    "$config_digest" "$config_size" "$layer_digest" "$layer_size" >"$manifest_tmp"
-manifest_digest=$(sha256_of "$manifest_tmp")
-manifest_size=$(stat -c %s "$manifest_tmp")
-mv "$manifest_tmp" "$blobs/$manifest_digest"
-
-# ---- index.json + oci-layout ----------------------------------------------
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{%s},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
-    "$manifest_digest" "$manifest_size" "$platform_json" "$ref_json" "$ref_json" >"$layout/index.json"
-printf '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
-
-# ---- archive (written next to OUT, then renamed: never a partial OUT) ------
-out_dir=$(dirname -- "$out")
-mkdir -p -- "$out_dir"
-out_tmp=$(mktemp "$out_dir/.$(basename -- "$out").XXXXXX")
-if ! tar -C "$layout" "${tar_det[@]}" -cf "$out_tmp" oci-layout index.json blobs; then
-    rm -f -- "$out_tmp"
-    exit 1
-fi
-chmod 0644 "$out_tmp"
-mv -f -- "$out_tmp" "$out"
+# ---- index.json, archive --------------------------------------------------
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{%s},%s}]}' \
+    "$manifest_digest" "$manifest_size" "$platform_json" "$(ref_annotations "$ref")" >"$layout/index.json"
+write_archive "$layout" "$out"
 
 echo "built $out: $ref ($arch, $napplets applets, manifest sha256:$manifest_digest)" >&2

@@ -19,12 +19,14 @@ use crate::images::import_dir::ImportDir;
 use crate::images::reference;
 use crate::images::registry::RegistryClient;
 use crate::images::service::ImageService;
+use crate::logs::LogSettings;
 use crate::manifest::source::ManifestSource;
-use crate::pod::node::NodeRuntime;
+use crate::pod::node::{NodeRuntime, NodeSettings};
 use crate::pod::worker::WorkerContext;
 use crate::pod::workers::Workers;
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::Containerd;
+use crate::runtime::network::{Network, NetworkSettings};
 use crate::status::events::EventLog;
 use crate::status::store::StatusStore;
 
@@ -84,11 +86,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         recorder.clone(),
     );
     tokio::spawn(import_dir.run());
-    let node = NodeRuntime {
-        containerd: runtime,
-        images,
-        sandbox_image,
+    let network = Network::load(NetworkSettings {
+        bin_dirs: settings.cni_bin_dirs.clone(),
+        conf_dir: settings.cni_conf_dir.clone(),
+        state_dir: settings.state_dir.clone(),
+        default_bridge: settings.cni_default_bridge.clone(),
+        default_subnet: settings.cni_default_subnet.clone(),
+    })
+    .context("loading the pod network configuration")?;
+    info!(network = %network.describe(), "pod network");
+    let node_settings = NodeSettings {
+        state_dir: settings.state_dir.clone(),
+        cgroup_root: settings.cgroup_root.clone(),
+        host_ip: settings.node_ip.clone().or_else(detect_node_ip),
+        logs: LogSettings {
+            max_size: settings.container_log_max_size,
+            max_files: settings.container_log_max_files,
+        },
+        executable: std::env::current_exe()
+            .context("finding this executable for the log writer")?,
     };
+    let node = NodeRuntime::new(runtime, images, sandbox_image, network, node_settings);
     let context = Arc::new(WorkerContext {
         runtime: Arc::new(node),
         status,
@@ -145,6 +163,15 @@ async fn sandbox_image(runtime: &Containerd, settings: &Settings) -> anyhow::Res
             })
         }
     }
+}
+
+/// The address this node reaches the outside from: the source address of a
+/// (never sent) UDP "connection" to a documentation address, which the
+/// kernel picks by the routing table.
+fn detect_node_ip() -> Option<String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    Some(socket.local_addr().ok()?.ip().to_string())
 }
 
 /// Creates a directory (and its parents) with `mode` if it is missing; an

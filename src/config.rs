@@ -56,6 +56,30 @@ pub struct RunFlags {
     /// Registry host[:port] spoken to over plain HTTP; repeatable (localhost and 127.0.0.1 always are)
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Directory of CNI plugins; repeatable, first holding a plugin wins [default: /usr/lib/cni, /opt/cni/bin]
+    #[arg(long = "cni-bin-dir")]
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Directory whose first *.conflist (by name) is the pod network [default: /etc/cni/net.d]
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Bridge of the built-in network, used when cni-conf-dir has no config [default: podkeeper0]
+    #[arg(long)]
+    pub cni_default_bridge: Option<String>,
+    /// Subnet of the built-in network [default: 10.85.0.0/16]
+    #[arg(long)]
+    pub cni_default_subnet: Option<String>,
+    /// Parent cgroup of all pods (cgroupfs layout, as the kubelet's) [default: /kubepods]
+    #[arg(long)]
+    pub cgroup_root: Option<String>,
+    /// The node's IP, reported as hostIP [default: the address of the default route's interface]
+    #[arg(long)]
+    pub node_ip: Option<String>,
+    /// Rotate a container's log file past this many bytes [default: 10485760]
+    #[arg(long)]
+    pub container_log_max_size: Option<u64>,
+    /// Log files kept per container, the current one included [default: 5]
+    #[arg(long)]
+    pub container_log_max_files: Option<u32>,
 }
 
 /// The config file's keys; the same names as the flags.
@@ -74,6 +98,14 @@ struct FileSettings {
     manifest_resync_seconds: Option<u64>,
     registry_config: Option<PathBuf>,
     insecure_registries: Option<Vec<String>>,
+    cni_bin_dirs: Option<Vec<PathBuf>>,
+    cni_conf_dir: Option<PathBuf>,
+    cni_default_bridge: Option<String>,
+    cni_default_subnet: Option<String>,
+    cgroup_root: Option<String>,
+    node_ip: Option<String>,
+    container_log_max_size: Option<u64>,
+    container_log_max_files: Option<u32>,
 }
 
 /// Settings after merging, validated once at start-up.
@@ -92,6 +124,15 @@ pub struct Settings {
     pub manifest_resync: std::time::Duration,
     pub registry_config: PathBuf,
     pub insecure_registries: Vec<String>,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    pub cni_conf_dir: PathBuf,
+    pub cni_default_bridge: String,
+    pub cni_default_subnet: String,
+    pub cgroup_root: String,
+    /// `None`: detect at start.
+    pub node_ip: Option<String>,
+    pub container_log_max_size: u64,
+    pub container_log_max_files: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,11 +240,34 @@ impl Settings {
                 file.registry_config,
                 "/root/.docker/config.json",
             ),
-            insecure_registries: if flags.insecure_registries.is_empty() {
-                file.insecure_registries.unwrap_or_default()
-            } else {
-                flags.insecure_registries
-            },
+            insecure_registries: list(flags.insecure_registries, file.insecure_registries, &[]),
+            cni_bin_dirs: list(
+                flags.cni_bin_dirs,
+                file.cni_bin_dirs,
+                &["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            ),
+            cni_conf_dir: pick(flags.cni_conf_dir, file.cni_conf_dir, "/etc/cni/net.d"),
+            cni_default_bridge: flags
+                .cni_default_bridge
+                .or(file.cni_default_bridge)
+                .unwrap_or_else(|| "podkeeper0".into()),
+            cni_default_subnet: flags
+                .cni_default_subnet
+                .or(file.cni_default_subnet)
+                .unwrap_or_else(|| "10.85.0.0/16".into()),
+            cgroup_root: flags
+                .cgroup_root
+                .or(file.cgroup_root)
+                .unwrap_or_else(|| "/kubepods".into()),
+            node_ip: flags.node_ip.or(file.node_ip),
+            container_log_max_size: flags
+                .container_log_max_size
+                .or(file.container_log_max_size)
+                .unwrap_or(10 << 20),
+            container_log_max_files: flags
+                .container_log_max_files
+                .or(file.container_log_max_files)
+                .unwrap_or(5),
         })
     }
 
@@ -211,6 +275,15 @@ impl Settings {
     pub fn api_socket(&self) -> PathBuf {
         api_socket_in(&self.state_dir)
     }
+}
+
+/// A list setting: the flag's values if any were given, else the file's,
+/// else the default.
+fn list<T: Clone>(flag: Vec<T>, file: Option<Vec<T>>, default: &[T]) -> Vec<T> {
+    if !flag.is_empty() {
+        return flag;
+    }
+    file.unwrap_or_else(|| default.to_vec())
 }
 
 /// Where the agent's API socket lives inside a state directory; shared by
@@ -331,7 +404,7 @@ mod tests {
         .unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
         let keys = uncommented.lines().count();
-        assert_eq!(keys, 12, "every setting appears in packaging/config.yaml");
+        assert_eq!(keys, 20, "every setting appears in packaging/config.yaml");
     }
 
     #[test]

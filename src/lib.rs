@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod images;
+pub mod logs;
 pub mod manifest;
 pub mod pod;
 pub mod runtime;

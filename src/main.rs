@@ -58,11 +58,30 @@ enum Command {
         /// Container name (needed when the pod has several)
         #[arg(long, short = 'c')]
         container: Option<String>,
+        /// Only the last N lines
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Keep printing new output until the container exits
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
+    /// The log writer containerd's shim runs next to each container (not for
+    /// people: see `podkeeper::logs::logger_uri`, which builds its command line)
+    #[command(name = podkeeper::logs::LOGGER_COMMAND, hide = true)]
+    CriLogger { argument: String },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::CriLogger { argument } = &cli.command {
+        // Before anything else: it must own fds 3-5 as the shim passed them
+        // (an async runtime would open fds of its own), and its stderr is
+        // /dev/null under the shim, so no tracing either.
+        return match podkeeper::logs::run_logger(argument) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(_) => std::process::ExitCode::FAILURE,
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -106,6 +125,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             client,
             pod,
             container,
-        } => cli::logs(&client, &pod, container.as_deref()).await,
+            tail,
+            follow,
+        } => cli::logs(&client, &pod, container.as_deref(), tail, follow).await,
+        Command::CriLogger { .. } => {
+            anyhow::bail!(
+                "{} is handled before the runtime starts",
+                podkeeper::logs::LOGGER_COMMAND
+            )
+        }
     }
 }

@@ -40,9 +40,7 @@ fn pods_pull_by_tag_by_digest_and_from_a_multi_platform_index() {
     let host = registry.host();
     let busybox = archives::busybox_oci(containerd.dir(), "podkeeper.test/busybox:latest").unwrap();
     let digest = registry.push_oci_archive(&busybox, "bb:v1").unwrap();
-    let multi =
-        common::registry::build_multiarch_archive(containerd.dir(), "podkeeper.test/multi:v1")
-            .unwrap();
+    let multi = archives::multiarch_oci(containerd.dir(), "podkeeper.test/multi:v1").unwrap();
     registry.push_oci_archive(&multi, "multi:v1").unwrap();
 
     let agent = Agent::start(&containerd, "e2e-pull").unwrap();

@@ -5,17 +5,19 @@
 
 mod common;
 
-use common::registry::{busybox_archive, multiarch_archive, TestRegistry};
+use common::archives::{shared_busybox_oci, shared_multiarch_oci};
+use common::registry::TestRegistry;
 use futures::StreamExt as _;
 use podkeeper::images::credentials::Credentials;
-use podkeeper::images::registry::{
-    BlobRef, FetchedManifest, RegistryClient, RegistryError, MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_OCI_MANIFEST,
-};
+use podkeeper::images::media_types::{MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST};
+use podkeeper::images::registry::{BlobRef, FetchedManifest, RegistryClient, RegistryError};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use std::path::Path;
 
+/// Names of the fixture archives; pushes do not use them (skopeo takes the archive's only image).
+const BUSYBOX: &str = "podkeeper.local/busybox:latest";
+const MULTIARCH: &str = "podkeeper.local/multiarch:latest";
 const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const OCI_LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -112,7 +114,7 @@ fn tar_paths(layer: &[u8]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn fetches_by_tag_and_digest_and_streams_blobs() {
     let registry = start_registry();
-    let archive = busybox_archive().unwrap();
+    let archive = shared_busybox_oci(BUSYBOX).unwrap();
     let pushed = registry.push_oci_archive(&archive, "busybox:1.36").unwrap();
     // --preserve-digests: the registry holds exactly the archive's manifest.
     assert_eq!(pushed, archive_digest(&archive));
@@ -173,7 +175,7 @@ async fn fetches_by_tag_and_digest_and_streams_blobs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn multiarch_index_selects_this_platform() {
     let registry = start_registry();
-    let archive = multiarch_archive().unwrap();
+    let archive = shared_multiarch_oci(MULTIARCH).unwrap();
     let pushed = registry
         .push_oci_archive(&archive, "team/multi:v1")
         .unwrap();
@@ -257,7 +259,7 @@ async fn multiarch_index_selects_this_platform() {
 #[tokio::test(flavor = "multi_thread")]
 async fn gzip_layers_from_a_compressing_push_verify() {
     let registry = start_registry();
-    let archive = busybox_archive().unwrap();
+    let archive = shared_busybox_oci(BUSYBOX).unwrap();
     let pushed = registry
         .push_oci_archive_compressed(&archive, "gz:v1")
         .unwrap();
@@ -273,7 +275,7 @@ async fn gzip_layers_from_a_compressing_push_verify() {
 #[tokio::test(flavor = "multi_thread")]
 async fn content_not_matching_its_digest_is_invalid() {
     let registry = start_registry();
-    let archive = busybox_archive().unwrap();
+    let archive = shared_busybox_oci(BUSYBOX).unwrap();
     let pushed = registry.push_oci_archive(&archive, "busybox:v1").unwrap();
     let host = registry.host();
     let reference = format!("{host}/busybox:v1");
@@ -351,7 +353,7 @@ async fn content_not_matching_its_digest_is_invalid() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_tags_repositories_and_blobs_are_not_found() {
     let registry = start_registry();
-    let archive = busybox_archive().unwrap();
+    let archive = shared_busybox_oci(BUSYBOX).unwrap();
     let pushed = registry.push_oci_archive(&archive, "busybox:v1").unwrap();
     let host = registry.host();
     let client = anonymous_client();
@@ -387,7 +389,7 @@ async fn htpasswd_registry_with_right_credentials() {
     let tmp = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start_with_htpasswd("alice", "s3cret:pw")
         .unwrap_or_else(|e| panic!("starting the test registry: {e:#}"));
-    let archive = busybox_archive().unwrap();
+    let archive = shared_busybox_oci(BUSYBOX).unwrap();
     let pushed = registry
         .push_oci_archive(&archive, "private/busybox:v1")
         .unwrap();
@@ -426,7 +428,7 @@ async fn htpasswd_registry_with_wrong_password_is_unauthorized() {
     let tmp = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start_with_htpasswd("alice", "right")
         .unwrap_or_else(|e| panic!("starting the test registry: {e:#}"));
-    let archive = busybox_archive().unwrap();
+    let archive = shared_busybox_oci(BUSYBOX).unwrap();
     registry.push_oci_archive(&archive, "busybox:v1").unwrap();
     let reference = format!("{}/busybox:v1", registry.host());
     let config = format!(
@@ -453,7 +455,7 @@ async fn htpasswd_registry_with_wrong_password_is_unauthorized() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stopped_registry_is_unreachable_and_retryable() {
     let mut registry = start_registry();
-    let archive = busybox_archive().unwrap();
+    let archive = shared_busybox_oci(BUSYBOX).unwrap();
     let pushed = registry.push_oci_archive(&archive, "busybox:v1").unwrap();
     let reference = format!("{}/busybox:v1", registry.host());
     let client = anonymous_client();
@@ -485,8 +487,8 @@ async fn one_client_serves_concurrent_pulls() {
     let tmp = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start_with_htpasswd("bob", "pw")
         .unwrap_or_else(|e| panic!("starting the test registry: {e:#}"));
-    let busybox = busybox_archive().unwrap();
-    let multi = multiarch_archive().unwrap();
+    let busybox = shared_busybox_oci(BUSYBOX).unwrap();
+    let multi = shared_multiarch_oci(MULTIARCH).unwrap();
     registry.push_oci_archive(&busybox, "one:v1").unwrap();
     registry.push_oci_archive(&multi, "two:v1").unwrap();
     let client = client_with_config(tmp.path(), &registry.docker_config_json());

@@ -271,11 +271,33 @@ async fn collect_events(
     Ok(events)
 }
 
-/// `podkeeper logs POD [-c CONTAINER]`: prints the container's log file.
-pub async fn logs(flags: &ClientFlags, pod: &str, container: Option<&str>) -> anyhow::Result<()> {
+/// `podkeeper logs POD [-c CONTAINER] [--tail N] [-f]`: prints what the
+/// container wrote, from its CRI log file (without the timestamp, stream
+/// and tag of each record, partial records joined). With `-f`, keeps
+/// printing until the container is no longer running; it reads the file
+/// directly, so an agent that goes away meanwhile does not end it.
+pub async fn logs(
+    flags: &ClientFlags,
+    pod: &str,
+    container: Option<&str>,
+    tail: Option<usize>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    /// How often to look for new output.
+    const POLL: Duration = Duration::from_millis(200);
+    /// How often to ask the agent whether the container still runs.
+    const CHECK: Duration = Duration::from_secs(1);
+    /// After the container stopped: how long without new output before
+    /// the logger is taken to be done (it may lag behind a burst).
+    const SETTLE: Duration = Duration::from_secs(1);
+
     let mut client = connect(flags).await?;
+    let namespace = flags.namespace.clone().unwrap_or_else(|| "default".into());
     let request = proto::GetPodRequest {
-        namespace: flags.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: namespace.clone(),
         name: pod.into(),
     };
     let pod = client
@@ -302,11 +324,71 @@ pub async fn logs(flags: &ClientFlags, pod: &str, container: Option<&str>) -> an
             container.unwrap_or("")
         )
     })?;
+    if chosen.log_path.is_empty() {
+        anyhow::bail!(
+            "container {} of pod {} has not started yet",
+            chosen.name,
+            pod.name
+        );
+    }
     let path = Path::new(&chosen.log_path);
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    use std::io::Write;
-    std::io::stdout().write_all(&text)?;
-    Ok(())
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let printed: anyhow::Result<()> = async {
+        let mut reader = crate::logs::read::LogReader::open(path, tail, &mut out)
+            .with_context(|| format!("reading {}", path.display()))?;
+        out.flush()?;
+        if follow {
+            let mut ended_at: Option<Instant> = None;
+            let mut last_output = Instant::now();
+            let mut last_check = Instant::now();
+            loop {
+                if reader.poll(&mut out)? {
+                    out.flush()?;
+                    last_output = Instant::now();
+                }
+                if let Some(ended) = ended_at {
+                    if last_output.max(ended).elapsed() >= SETTLE {
+                        break;
+                    }
+                } else if last_check.elapsed() >= CHECK {
+                    last_check = Instant::now();
+                    let request = proto::GetPodRequest {
+                        namespace: namespace.clone(),
+                        name: pod.name.clone(),
+                    };
+                    // Still running and still this log (a restart starts
+                    // another file)? Other errors than NotFound: the agent is
+                    // away, the logger is not, keep following.
+                    let running = match client.get_pod(request).await {
+                        Ok(now) => now.into_inner().containers.iter().any(|c| {
+                            c.name == chosen.name
+                                && c.log_path == chosen.log_path
+                                && c.state == "Running"
+                        }),
+                        Err(status) => status.code() != tonic::Code::NotFound,
+                    };
+                    if !running {
+                        ended_at = Some(Instant::now());
+                    }
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        reader.finish(&mut out)?;
+        out.flush()?;
+        Ok(())
+    }
+    .await;
+    match printed {
+        // `podkeeper logs … | head`: the reader has seen enough.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 fn events_table(events: &[proto::Event], indent: &str) -> String {

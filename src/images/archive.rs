@@ -13,6 +13,12 @@
 //! out and checked for completeness; a blob that no image uses has simply been
 //! stored for nothing, which containerd's garbage collector takes care of.
 
+use super::media_types::{
+    self, MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_LAYER, MEDIA_TYPE_DOCKER_LAYER_GZIP,
+    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER_ZSTD,
+    MEDIA_TYPE_OCI_MANIFEST,
+};
+use super::platform;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::cell::Cell;
@@ -114,16 +120,6 @@ const PEEK: usize = 16;
 
 const INDEX_JSON: &str = "index.json";
 const DOCKER_MANIFEST_JSON: &str = "manifest.json";
-
-const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str =
-    "application/vnd.docker.distribution.manifest.list.v2+json";
-const MEDIA_TYPE_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const MEDIA_TYPE_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-const MEDIA_TYPE_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// Annotation containerd writes (and `ctr import` reads) for the full image name.
 const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -684,6 +680,7 @@ struct Descriptor {
     platform: Option<Platform>,
 }
 
+/// Read leniently (fields may be missing): only named in messages, never matched.
 #[derive(Debug, Deserialize)]
 struct Platform {
     #[serde(default)]
@@ -725,10 +722,12 @@ enum Kind {
 }
 
 fn kind_of(media_type: &str) -> Option<Kind> {
-    match media_type {
-        MEDIA_TYPE_OCI_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST => Some(Kind::Manifest),
-        MEDIA_TYPE_OCI_INDEX | MEDIA_TYPE_DOCKER_MANIFEST_LIST => Some(Kind::Index),
-        _ => None,
+    if media_types::is_manifest(media_type) {
+        Some(Kind::Manifest)
+    } else if media_types::is_index(media_type) {
+        Some(Kind::Index)
+    } else {
+        None
     }
 }
 
@@ -847,7 +846,10 @@ fn check_index(
         match checked {
             Ok(()) => complete += 1,
             Err(problem) => problems.push(match &child.platform {
-                Some(p) => format!("{} ({problem})", platform_name(p)),
+                Some(p) => format!(
+                    "{} ({problem})",
+                    platform::name(&p.os, &p.architecture, p.variant.as_deref())
+                ),
                 None => problem,
             }),
         }
@@ -869,13 +871,6 @@ fn check_index(
         message.push_str(&format!("; and {more} more"));
     }
     Err(message)
-}
-
-fn platform_name(p: &Platform) -> String {
-    match &p.variant {
-        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-        None => format!("{}/{}", p.os, p.architecture),
-    }
 }
 
 /// containerd's rule (`ctr import`): a ref name is a full reference when it
@@ -1118,40 +1113,40 @@ fn docker_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::media_types::{MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER};
     use std::io::Write as _;
 
-    /// A sink that keeps every blob, hashing it and checking `expected` like the real one.
+    /// A sink that keeps every blob by digest and refuses one whose content does not match
+    /// `expected`, as containerd's content store does. It reads whatever it is given: that
+    /// this is exactly `size` bytes is the reader's promise, which `read_contents` checks.
     #[derive(Default)]
     struct TestSink {
         blobs: HashMap<String, Vec<u8>>,
-        /// (expected, returned digest, size) in call order.
-        puts: Vec<(Option<String>, String, u64)>,
+        /// (expected, returned digest) in call order.
+        puts: Vec<(Option<String>, String)>,
     }
 
     impl BlobSink for TestSink {
         fn put(
             &mut self,
             expected: Option<&str>,
-            size: u64,
+            _: u64,
             data: &mut dyn Read,
         ) -> Result<String, String> {
             let mut bytes = Vec::new();
-            data.take(size)
-                .read_to_end(&mut bytes)
-                .map_err(|e| e.to_string())?;
-            if bytes.len() as u64 != size {
-                return Err(format!("short blob: {} of {size} bytes", bytes.len()));
-            }
+            data.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
             let digest = sha256_digest(&bytes);
-            if let Some(expected) = expected {
-                if expected != digest {
-                    return Err(format!("expected {expected}, got {digest}"));
+            match expected {
+                Some(expected) if expected != digest => {
+                    Err(format!("expected {expected}, got {digest}"))
+                }
+                _ => {
+                    self.puts
+                        .push((expected.map(str::to_string), digest.clone()));
+                    self.blobs.insert(digest.clone(), bytes);
+                    Ok(digest)
                 }
             }
-            self.puts
-                .push((expected.map(str::to_string), digest.clone(), size));
-            self.blobs.insert(digest.clone(), bytes);
-            Ok(digest)
         }
     }
 
@@ -1235,12 +1230,12 @@ mod tests {
         let config = config_for(layers);
         let layers: Vec<_> = layers
             .iter()
-            .map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l))
+            .map(|l| descriptor(MEDIA_TYPE_OCI_LAYER, l))
             .collect();
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": MEDIA_TYPE_OCI_MANIFEST,
-            "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+            "config": descriptor(MEDIA_TYPE_OCI_CONFIG, &config),
             "layers": layers,
         }))
         .unwrap();
@@ -1335,7 +1330,7 @@ mod tests {
             assert!(sink
                 .puts
                 .iter()
-                .any(|(e, d, _)| e.as_ref() == Some(&digest) && *d == digest));
+                .any(|(e, d)| e.as_ref() == Some(&digest) && *d == digest));
         }
         assert_eq!(
             sink.puts.len(),
@@ -1578,7 +1573,7 @@ mod tests {
         assert!(sink
             .puts
             .iter()
-            .any(|(e, d, _)| e.as_deref() == Some(d) && *d == image.target.digest));
+            .any(|(e, d)| e.as_deref() == Some(d) && *d == image.target.digest));
         serde_json::from_slice(bytes).unwrap()
     }
 
@@ -1646,7 +1641,7 @@ mod tests {
         assert_eq!(m["layers"][0]["digest"], sha256_digest(base));
         // Legacy paths carry no digest: blobs are put with expected = None; the `<id>/json`,
         // VERSION and repositories files are not blobs.
-        let legacy: Vec<_> = sink.puts.iter().filter(|(e, _, _)| e.is_none()).collect();
+        let legacy: Vec<_> = sink.puts.iter().filter(|(e, _)| e.is_none()).collect();
         assert_eq!(legacy.len(), 4, "{:?}", sink.puts);
     }
 
@@ -2027,8 +2022,8 @@ mod tests {
             .unwrap();
             let manifest = serde_json::to_vec(&serde_json::json!({
                 "schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST,
-                "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "config": descriptor(MEDIA_TYPE_OCI_CONFIG, &config),
+                "layers": [{"mediaType": MEDIA_TYPE_OCI_LAYER,
                             "digest": layer_digest, "size": BIG}],
             }))
             .unwrap();

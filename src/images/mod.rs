@@ -7,6 +7,8 @@
 pub mod archive;
 pub mod credentials;
 pub mod import_dir;
+pub mod media_types;
+pub mod platform;
 pub mod policy;
 pub mod reference;
 pub mod registry;

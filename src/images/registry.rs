@@ -13,6 +13,11 @@
 //! than as a content store error.
 
 use crate::images::credentials::Credentials;
+use crate::images::media_types::{
+    self, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_OCI_MANIFEST,
+};
+use crate::images::platform::{self, Platform};
 use bytes::Bytes;
 use futures::stream::{BoxStream, Stream};
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -25,16 +30,6 @@ use std::pin::Pin;
 use std::sync::Once;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-/// OCI image manifest.
-pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index.
-pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// Docker image manifest, schema 2.
-pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list (the Docker form of an index).
-pub const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str =
-    "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// The manifest media types asked for and accepted. Docker schema 1 is left
 /// out on purpose: containerd 1.6 can only convert it, and no registry in use
@@ -98,7 +93,7 @@ impl RegistryError {
 pub struct FetchedManifest {
     /// The body as served; its sha256 is `digest`.
     pub bytes: Vec<u8>,
-    /// One of the four `MEDIA_TYPE_*` constants, from the body's `mediaType`
+    /// One of the four manifest and index types of [`media_types`], from the body's `mediaType`
     /// (or inferred from its shape when an OCI body leaves it out).
     pub media_type: String,
     /// `sha256:<hex>` of `bytes`, computed here.
@@ -109,8 +104,7 @@ impl FetchedManifest {
     /// True for an OCI index or Docker manifest list (pick a platform with
     /// [`RegistryClient::select_platform`]).
     pub fn is_index(&self) -> bool {
-        self.media_type == MEDIA_TYPE_OCI_INDEX
-            || self.media_type == MEDIA_TYPE_DOCKER_MANIFEST_LIST
+        media_types::is_index(&self.media_type)
     }
 }
 
@@ -255,12 +249,14 @@ impl RegistryClient {
     }
 
     /// Pick the manifest for linux/<this arch> (and variant for arm) out of an OCI index or
-    /// Docker list, the way containerd 1.6 matches its default platform: an arm64 entry without
-    /// variant counts as v8, an arm entry without variant as v7, and an armv7 node also takes
-    /// v6 then v5 entries. Entries that are not image manifests (nested indexes) are skipped.
-    /// No matching entry is [`RegistryError::NotFound`], listing the platforms on offer.
+    /// Docker list: the first of [`platform::candidates`], which matches platforms the way
+    /// containerd 1.6 does (an arm64 entry without variant counts as v8, an arm entry without
+    /// variant as v7, and an armv7 node also takes v6 then v5 entries; entries that are not
+    /// image manifests, such as nested indexes, are skipped, and one without a platform is
+    /// taken only when none names this one). No matching entry is
+    /// [`RegistryError::NotFound`], listing the platforms on offer.
     pub fn select_platform(index_bytes: &[u8]) -> Result<BlobRef, RegistryError> {
-        let (architecture, variant) = host_platform();
+        let (architecture, variant) = platform::host();
         select_platform_for(index_bytes, architecture, variant)
     }
 
@@ -438,8 +434,7 @@ fn manifest_media_type(bytes: &[u8]) -> Result<&'static str, String> {
         None if shape.config.is_some() => MEDIA_TYPE_OCI_MANIFEST,
         None => return Err("neither an image manifest nor an index".into()),
     };
-    let is_index =
-        media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_MANIFEST_LIST;
+    let is_index = media_types::is_index(media_type);
     if is_index && shape.manifests.is_none() {
         return Err(format!("{media_type} without \"manifests\""));
     }
@@ -468,48 +463,6 @@ struct IndexEntry {
     platform: Option<Platform>,
 }
 
-#[derive(serde::Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-/// GOARCH (and arm variant) of the running agent, the names image platforms use.
-fn host_platform() -> (&'static str, Option<&'static str>) {
-    match std::env::consts::ARCH {
-        "x86_64" => ("amd64", None),
-        "aarch64" => ("arm64", Some("v8")),
-        "arm" => (
-            "arm",
-            Some(if cfg!(target_feature = "v7") {
-                "v7"
-            } else if cfg!(target_feature = "v6") {
-                "v6"
-            } else {
-                "v5"
-            }),
-        ),
-        "x86" => ("386", None),
-        "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", None),
-        "loongarch64" => ("loong64", None),
-        "mips64" if cfg!(target_endian = "little") => ("mips64le", None),
-        other => (other, None),
-    }
-}
-
-/// An entry's variant as containerd normalizes it: arm64 means v8 and arm
-/// means v7 when none is given; amd64 v1 is plain amd64.
-fn normalized_variant<'a>(architecture: &str, variant: Option<&'a str>) -> Option<&'a str> {
-    match (architecture, variant.filter(|v| !v.is_empty())) {
-        ("arm64", None) => Some("v8"),
-        ("arm", None) => Some("v7"),
-        ("amd64", Some("v1")) => None,
-        (_, variant) => variant,
-    }
-}
-
 fn select_platform_for(
     index_bytes: &[u8],
     architecture: &str,
@@ -518,48 +471,31 @@ fn select_platform_for(
     let index: Index = serde_json::from_slice(index_bytes)
         .map_err(|e| RegistryError::Invalid(format!("not an image index: {e}")))?;
     if let Some(media_type) = index.media_type.as_deref() {
-        if media_type != MEDIA_TYPE_OCI_INDEX && media_type != MEDIA_TYPE_DOCKER_MANIFEST_LIST {
+        if !media_types::is_index(media_type) {
             return Err(RegistryError::Invalid(format!(
                 "expected an image index or manifest list, got {media_type}"
             )));
         }
     }
-    let wanted = normalized_variant(architecture, variant);
-    // Variants in order of preference: the node's own first, then for arm
-    // the older ones it can also run.
-    let mut preference: Vec<Option<&str>> = vec![wanted];
-    if architecture == "arm" {
-        let older = ["v8", "v7", "v6", "v5"];
-        if let Some(pos) = older.iter().position(|v| Some(*v) == wanted) {
-            preference.extend(older[pos + 1..].iter().map(|v| Some(*v)));
-        }
-    }
-    let is_manifest = |entry: &IndexEntry| {
-        entry.media_type == MEDIA_TYPE_OCI_MANIFEST
-            || entry.media_type == MEDIA_TYPE_DOCKER_MANIFEST
-    };
-    let matching = |entry: &&IndexEntry, variant: Option<&str>| {
-        is_manifest(entry)
-            && entry.platform.as_ref().is_some_and(|p| {
-                p.os == "linux"
-                    && p.architecture == architecture
-                    && normalized_variant(&p.architecture, p.variant.as_deref()) == variant
-            })
-    };
-    let chosen = preference
-        .iter()
-        .find_map(|variant| index.manifests.iter().find(|e| matching(e, *variant)));
-    let Some(entry) = chosen else {
+    let candidates = platform::candidates(
+        index
+            .manifests
+            .iter()
+            .map(|e| (e.media_type.as_str(), e.platform.as_ref())),
+        architecture,
+        variant,
+    );
+    let Some(entry) = candidates.first().map(|&i| &index.manifests[i]) else {
         let on_offer: Vec<String> = index
             .manifests
             .iter()
-            .filter(|e| is_manifest(e))
+            .filter(|e| media_types::is_manifest(&e.media_type))
             .filter_map(|e| e.platform.as_ref())
-            .map(|p| platform_name(&p.os, &p.architecture, p.variant.as_deref()))
+            .map(Platform::to_string)
             .collect();
         return Err(RegistryError::NotFound(format!(
             "no manifest for {} in the image index (it has: {})",
-            platform_name("linux", architecture, variant),
+            platform::name("linux", architecture, variant),
             if on_offer.is_empty() {
                 "no platform-specific manifests".to_string()
             } else {
@@ -570,7 +506,7 @@ fn select_platform_for(
     if !is_sha256_digest(&entry.digest) {
         return Err(RegistryError::Invalid(format!(
             "image index entry for {} has digest {:?}, not a sha256 digest",
-            platform_name("linux", architecture, variant),
+            platform::name("linux", architecture, variant),
             entry.digest
         )));
     }
@@ -579,13 +515,6 @@ fn select_platform_for(
         digest: entry.digest.clone(),
         size: entry.size,
     })
-}
-
-fn platform_name(os: &str, architecture: &str, variant: Option<&str>) -> String {
-    match variant.filter(|v| !v.is_empty()) {
-        Some(variant) => format!("{os}/{architecture}/{variant}"),
-        None => format!("{os}/{architecture}"),
-    }
 }
 
 /// What was being fetched, for error messages.
@@ -837,6 +766,25 @@ mod tests {
         .into_bytes()
     }
 
+    /// An OCI index of OCI manifests for linux, one per (digest character, architecture,
+    /// variant).
+    fn linux_index(entries: &[(char, &str, Option<&str>)]) -> Vec<u8> {
+        let entries: Vec<String> = entries
+            .iter()
+            .map(|&(c, arch, variant)| {
+                entry(MEDIA_TYPE_OCI_MANIFEST, c, Some(("linux", arch, variant)))
+            })
+            .collect();
+        index(MEDIA_TYPE_OCI_INDEX, &entries)
+    }
+
+    /// The digest `select_platform_for` picks from `index` for ARCHITECTURE/VARIANT.
+    fn chosen_digest(index: &[u8], architecture: &str, variant: Option<&str>) -> String {
+        select_platform_for(index, architecture, variant)
+            .unwrap()
+            .digest
+    }
+
     fn digest_of(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))
     }
@@ -865,12 +813,7 @@ mod tests {
                 size: 123
             }
         );
-        assert_eq!(
-            select_platform_for(&bytes, "arm64", Some("v8"))
-                .unwrap()
-                .digest,
-            digest_of('a')
-        );
+        assert_eq!(chosen_digest(&bytes, "arm64", Some("v8")), digest_of('a'));
     }
 
     #[test]
@@ -897,59 +840,19 @@ mod tests {
 
     #[test]
     fn arm_variants_follow_containerd() {
-        let bytes = index(
-            MEDIA_TYPE_OCI_INDEX,
-            &[
-                entry(
-                    MEDIA_TYPE_OCI_MANIFEST,
-                    'a',
-                    Some(("linux", "arm", Some("v5"))),
-                ),
-                entry(
-                    MEDIA_TYPE_OCI_MANIFEST,
-                    'b',
-                    Some(("linux", "arm", Some("v6"))),
-                ),
-                entry(
-                    MEDIA_TYPE_OCI_MANIFEST,
-                    'c',
-                    Some(("linux", "arm64", Some("v8"))),
-                ),
-            ],
-        );
+        let bytes = linux_index(&[
+            ('a', "arm", Some("v5")),
+            ('b', "arm", Some("v6")),
+            ('c', "arm64", Some("v8")),
+        ]);
         // armv7 has no exact entry: falls back to v6 before v5.
-        assert_eq!(
-            select_platform_for(&bytes, "arm", Some("v7"))
-                .unwrap()
-                .digest,
-            digest_of('b')
-        );
-        assert_eq!(
-            select_platform_for(&bytes, "arm", Some("v5"))
-                .unwrap()
-                .digest,
-            digest_of('a')
-        );
+        assert_eq!(chosen_digest(&bytes, "arm", Some("v7")), digest_of('b'));
+        assert_eq!(chosen_digest(&bytes, "arm", Some("v5")), digest_of('a'));
         // arm64 v8 and arm64 without variant are the same platform.
-        assert_eq!(
-            select_platform_for(&bytes, "arm64", None).unwrap().digest,
-            digest_of('c')
-        );
+        assert_eq!(chosen_digest(&bytes, "arm64", None), digest_of('c'));
         // An arm entry without variant means v7, which a v6 node cannot run.
-        let v7_only = index(
-            MEDIA_TYPE_OCI_INDEX,
-            &[entry(
-                MEDIA_TYPE_OCI_MANIFEST,
-                'd',
-                Some(("linux", "arm", None)),
-            )],
-        );
-        assert_eq!(
-            select_platform_for(&v7_only, "arm", Some("v7"))
-                .unwrap()
-                .digest,
-            digest_of('d')
-        );
+        let v7_only = linux_index(&[('d', "arm", None)]);
+        assert_eq!(chosen_digest(&v7_only, "arm", Some("v7")), digest_of('d'));
         assert!(matches!(
             select_platform_for(&v7_only, "arm", Some("v6")),
             Err(RegistryError::NotFound(_))
@@ -958,25 +861,8 @@ mod tests {
 
     #[test]
     fn amd64_variants_are_exact_but_v1_is_plain() {
-        let bytes = index(
-            MEDIA_TYPE_OCI_INDEX,
-            &[
-                entry(
-                    MEDIA_TYPE_OCI_MANIFEST,
-                    'a',
-                    Some(("linux", "amd64", Some("v3"))),
-                ),
-                entry(
-                    MEDIA_TYPE_OCI_MANIFEST,
-                    'b',
-                    Some(("linux", "amd64", Some("v1"))),
-                ),
-            ],
-        );
-        assert_eq!(
-            select_platform_for(&bytes, "amd64", None).unwrap().digest,
-            digest_of('b')
-        );
+        let bytes = linux_index(&[('a', "amd64", Some("v3")), ('b', "amd64", Some("v1"))]);
+        assert_eq!(chosen_digest(&bytes, "amd64", None), digest_of('b'));
     }
 
     #[test]
@@ -994,25 +880,12 @@ mod tests {
                 entry(MEDIA_TYPE_OCI_MANIFEST, 'd', Some(("linux", "amd64", None))),
             ],
         );
-        assert_eq!(
-            select_platform_for(&bytes, "amd64", None).unwrap().digest,
-            digest_of('d')
-        );
+        assert_eq!(chosen_digest(&bytes, "amd64", None), digest_of('d'));
     }
 
     #[test]
     fn no_match_is_not_found_listing_platforms() {
-        let bytes = index(
-            MEDIA_TYPE_OCI_INDEX,
-            &[
-                entry(MEDIA_TYPE_OCI_MANIFEST, 'a', Some(("linux", "arm64", None))),
-                entry(
-                    MEDIA_TYPE_OCI_MANIFEST,
-                    'b',
-                    Some(("linux", "arm", Some("v7"))),
-                ),
-            ],
-        );
+        let bytes = linux_index(&[('a', "arm64", None), ('b', "arm", Some("v7"))]);
         let err = select_platform_for(&bytes, "amd64", None).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, RegistryError::NotFound(_)), "{err:?}");
@@ -1049,18 +922,8 @@ mod tests {
 
     #[test]
     fn select_platform_uses_the_build_platform() {
-        let (arch, variant) = host_platform();
-        let bytes = index(
-            MEDIA_TYPE_OCI_INDEX,
-            &[
-                entry(
-                    MEDIA_TYPE_OCI_MANIFEST,
-                    'a',
-                    Some(("linux", "s390x-not-this", None)),
-                ),
-                entry(MEDIA_TYPE_OCI_MANIFEST, 'b', Some(("linux", arch, variant))),
-            ],
-        );
+        let (arch, variant) = platform::host();
+        let bytes = linux_index(&[('a', "s390x-not-this", None), ('b', arch, variant)]);
         assert_eq!(
             RegistryClient::select_platform(&bytes).unwrap().digest,
             digest_of('b')
@@ -1273,90 +1136,68 @@ mod tests {
         assert!(matches!(digest, RegistryError::Invalid(_)));
     }
 
-    fn blob_stream(
-        chunks: Vec<std::io::Result<&'static [u8]>>,
-    ) -> BoxStream<'static, std::io::Result<Bytes>> {
-        futures::stream::iter(chunks.into_iter().map(|c| c.map(Bytes::from_static))).boxed()
-    }
+    const HELLO_WORLD: &[u8] = b"hello world";
 
-    async fn collect(stream: VerifiedBlob) -> Vec<Result<Bytes, RegistryError>> {
-        stream.collect().await
+    /// What a [`VerifiedBlob`] expecting the bytes of [`HELLO_WORLD`] from registry `host`
+    /// yields when the transfer brings `chunks`.
+    async fn verify_hello_world(
+        host: &str,
+        chunks: Vec<std::io::Result<&'static [u8]>>,
+    ) -> Vec<Result<Bytes, RegistryError>> {
+        let transfer =
+            futures::stream::iter(chunks.into_iter().map(|c| c.map(Bytes::from_static))).boxed();
+        VerifiedBlob::new(
+            transfer,
+            &sha256_digest(HELLO_WORLD),
+            HELLO_WORLD.len() as u64,
+            "blob".into(),
+            host.into(),
+        )
+        .collect()
+        .await
     }
 
     #[tokio::test]
     async fn verified_blob_passes_good_content() {
-        let digest = sha256_digest(b"hello world");
-        let items = collect(VerifiedBlob::new(
-            blob_stream(vec![Ok(b"hello "), Ok(b"world")]),
-            &digest,
-            11,
-            "blob".into(),
-            "h".into(),
-        ))
-        .await;
+        let items = verify_hello_world("h", vec![Ok(b"hello "), Ok(b"world")]).await;
         assert_eq!(items.len(), 2);
         assert!(items.iter().all(|i| i.is_ok()));
     }
 
     #[tokio::test]
     async fn verified_blob_catches_digest_and_size_errors() {
-        let digest = sha256_digest(b"hello world");
+        let digest = sha256_digest(HELLO_WORLD);
         // Same length, other bytes.
-        let items = collect(VerifiedBlob::new(
-            blob_stream(vec![Ok(b"hello there")]),
-            &digest,
-            11,
-            "blob".into(),
-            "h".into(),
-        ))
-        .await;
+        let items = verify_hello_world("h", vec![Ok(b"hello there")]).await;
         assert!(
             matches!(items.last(), Some(Err(RegistryError::Invalid(m))) if m.contains(&digest))
         );
 
         // Too short.
-        let items = collect(VerifiedBlob::new(
-            blob_stream(vec![Ok(b"hello")]),
-            &digest,
-            11,
-            "blob".into(),
-            "h".into(),
-        ))
-        .await;
+        let items = verify_hello_world("h", vec![Ok(b"hello")]).await;
         assert!(
             matches!(items.last(), Some(Err(RegistryError::Invalid(m))) if m.contains("got 5 bytes"))
         );
 
         // Too long: fails at the chunk that exceeds, then ends.
-        let items = collect(VerifiedBlob::new(
-            blob_stream(vec![Ok(b"hello world"), Ok(b"!"), Ok(b"more")]),
-            &digest,
-            11,
-            "blob".into(),
-            "h".into(),
-        ))
-        .await;
+        let items = verify_hello_world("h", vec![Ok(b"hello world"), Ok(b"!"), Ok(b"more")]).await;
         assert_eq!(items.len(), 2);
         assert!(matches!(items[1], Err(RegistryError::Invalid(_))));
     }
 
     #[tokio::test]
     async fn verified_blob_transport_errors_are_retryable() {
-        let digest = sha256_digest(b"hello world");
-        let items = collect(VerifiedBlob::new(
-            blob_stream(vec![
+        let items = verify_hello_world(
+            "r.example",
+            vec![
                 Ok(b"hello"),
                 Err(std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,
                     "reset",
                 )),
                 Ok(b" world"),
-            ]),
-            &digest,
-            11,
-            "blob x".into(),
-            "r.example".into(),
-        ))
+            ],
+        )
         .await;
         assert_eq!(items.len(), 2);
         let err = items[1].as_ref().unwrap_err();
@@ -1364,18 +1205,13 @@ mod tests {
         assert!(err.to_string().contains("r.example"), "{err}");
 
         // oci-client's own digest check surfaces as an io::Error wrapping DigestError.
-        let items = collect(VerifiedBlob::new(
-            blob_stream(vec![Err(std::io::Error::other(
-                DigestError::VerificationError {
-                    expected: "a".into(),
-                    actual: "b".into(),
-                },
-            ))]),
-            &digest,
-            11,
-            "blob".into(),
-            "h".into(),
-        ))
+        let items = verify_hello_world(
+            "h",
+            vec![Err(std::io::Error::other(DigestError::VerificationError {
+                expected: "a".into(),
+                actual: "b".into(),
+            }))],
+        )
         .await;
         assert!(matches!(items[0], Err(RegistryError::Invalid(_))));
     }

@@ -176,7 +176,7 @@ impl ImageService {
             size: top.bytes.len() as i64,
             annotations: HashMap::new(),
         };
-        let manifest_bytes = if is_index(&top.media_type) {
+        let manifest_bytes = if top.is_index() {
             let child = RegistryClient::select_platform(&top.bytes)?;
             let manifest = self
                 .registry
@@ -201,7 +201,7 @@ impl ImageService {
             .buffer_unordered(PARALLEL_BLOBS)
             .try_collect::<Vec<()>>()
             .await?;
-        if is_index(&top.media_type) {
+        if top.is_index() {
             ingest.put_bytes(Some(&top.digest), top.bytes).await?;
         } else {
             ingest.put_bytes(Some(&top.digest), manifest_bytes).await?;
@@ -288,10 +288,6 @@ impl ImageService {
     pub fn runtime(&self) -> &Containerd {
         &self.runtime
     }
-}
-
-fn is_index(media_type: &str) -> bool {
-    media_type.contains("index") || media_type.contains("manifest.list")
 }
 
 /// Why a pull failed; `Unreachable` alone lets `Always` use a local copy.

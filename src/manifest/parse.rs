@@ -51,8 +51,9 @@ pub fn parse_manifest(
     path: &Path,
     node_name: &str,
 ) -> Result<DesiredPod, ManifestError> {
-    let value = decode_document(bytes)?;
+    let mut value = decode_document(bytes)?;
     check_type(&value)?;
+    yaml11_octal_modes(&mut value);
     let pod: Pod = serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         ManifestError::at(field, e.into_inner().to_string())
@@ -86,6 +87,33 @@ fn decode_document(bytes: &[u8]) -> Result<serde_json::Value, ManifestError> {
         n => Err(ManifestError::whole(format!(
             "the file holds {n} YAML documents; a manifest holds exactly one Pod"
         ))),
+    }
+}
+
+/// Kubernetes reads YAML 1.1, where `defaultMode: 0644` is octal; a YAML
+/// 1.2 parser sees the string "0644". File modes are the only integer
+/// fields of a Pod written this way, and a string is invalid there anyway,
+/// so those strings are read as the octal numbers they mean.
+fn yaml11_octal_modes(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                let octal = match item {
+                    serde_json::Value::String(text) if key == "mode" || key == "defaultMode" => {
+                        text.strip_prefix('0')
+                            .filter(|digits| !digits.is_empty())
+                            .and_then(|digits| i64::from_str_radix(digits, 8).ok())
+                    }
+                    _ => None,
+                };
+                match octal {
+                    Some(mode) => *item = serde_json::Value::from(mode),
+                    None => yaml11_octal_modes(item),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(yaml11_octal_modes),
+        _ => {}
     }
 }
 
@@ -411,6 +439,19 @@ mod tests {
         assert_eq!(err.field.as_deref(), Some("metadata.name"));
         let err = parse(&WEB.replace("name: app", "name: App")).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.containers[].name"));
+    }
+
+    #[test]
+    fn yaml_1_1_octal_file_modes_are_octal() {
+        let text = WEB.replace(
+            "  containers:\n",
+            "  volumes:\n  - name: d\n    downwardAPI:\n      defaultMode: 0644\n      items: [{path: x, mode: 0400, fieldRef: {fieldPath: metadata.name}}]\n  containers:\n",
+        );
+        let pod = parse(&text).unwrap();
+        let volume = &pod.pod.spec.unwrap().volumes.unwrap()[0];
+        let api = volume.downward_api.as_ref().unwrap();
+        assert_eq!(api.default_mode, Some(0o644));
+        assert_eq!(api.items.as_ref().unwrap()[0].mode, Some(0o400));
     }
 
     #[test]

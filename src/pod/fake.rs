@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::runtime::PodRuntime;
+use super::runtime::{PodRuntime, SandboxEnvironment, SandboxFailure};
+use crate::desired::DesiredPod;
 use crate::images::policy::{Ensured, ImageError, OnPull, Provenance, PullPolicy};
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
@@ -26,6 +27,8 @@ struct State {
 
 pub struct FakeRuntime {
     state: Mutex<State>,
+    /// Where the fake prepares (empty) volumes.
+    volumes: tempfile::TempDir,
     arrivals: watch::Sender<u64>,
     sandbox: ResolvedImage,
 }
@@ -53,6 +56,7 @@ impl FakeRuntime {
             }),
             arrivals: watch::channel(0).0,
             sandbox: image("pause"),
+            volumes: tempfile::tempdir().expect("a temporary directory"),
         }
     }
 
@@ -78,6 +82,38 @@ impl FakeRuntime {
 }
 
 impl PodRuntime for FakeRuntime {
+    async fn prepare_sandbox(
+        &self,
+        pod: &DesiredPod,
+    ) -> Result<SandboxEnvironment, SandboxFailure> {
+        self.state().calls.push(format!("prepare {}", pod.uid()));
+        let volumes =
+            super::volumes::prepare(pod, &self.volumes.path().join(pod.uid())).map_err(|e| {
+                SandboxFailure {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(SandboxEnvironment {
+            facts: Default::default(),
+            files: None,
+            netns: None,
+            cgroup_parent: format!("/fake/pod{}", pod.uid()),
+            qos: crate::runtime::resources::QosClass::BestEffort,
+            volumes,
+            warnings: Vec::new(),
+            min_oom_score_adj: -1000,
+        })
+    }
+
+    async fn release_sandbox(&self, pod: &DesiredPod) {
+        self.state().calls.push(format!("release {}", pod.uid()));
+    }
+
+    fn log_target(&self, path: &std::path::Path) -> String {
+        path.display().to_string()
+    }
+
     async fn ensure_image(
         &self,
         image: &str,

@@ -8,6 +8,7 @@ pub mod node;
 pub mod plan;
 pub mod runtime;
 pub mod state;
+pub mod volumes;
 pub mod worker;
 pub mod workers;
 

@@ -1,27 +1,270 @@
 //! The real [`PodRuntime`]: containerd for containers, the image service
-//! for images.
+//! for images, CNI for the network, cgroupfs for pod limits, the node's
+//! filesystem for volumes and shared files.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::runtime::PodRuntime;
+use super::runtime::{PodRuntime, SandboxEnvironment, SandboxFailure};
+use super::volumes;
+use crate::desired::DesiredPod;
 use crate::images::policy::{Ensured, ImageError, OnPull, PullPolicy};
 use crate::images::service::ImageService;
+use crate::logs::LogSettings;
+use crate::runtime::cgroups::{self, CgroupVersion};
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
 use crate::runtime::containerd::{Containerd, RuntimeError};
-use crate::runtime::labels;
+use crate::runtime::env::PodFacts;
+use crate::runtime::network::{hostport, netns, Network, PodNetworkRequest, PortMapping};
+use crate::runtime::pod_files::{self, PodFiles};
+use crate::runtime::{labels, resources, spec};
+
+/// Node facts and settings the node runtime needs.
+pub struct NodeSettings {
+    pub state_dir: PathBuf,
+    pub cgroup_root: String,
+    pub host_ip: Option<String>,
+    pub logs: LogSettings,
+    /// This executable, which containerd's shim runs as the log writer.
+    pub executable: PathBuf,
+}
 
 pub struct NodeRuntime {
     pub containerd: Containerd,
     pub images: Arc<ImageService>,
     pub sandbox_image: ResolvedImage,
+    pub network: Network,
+    pub settings: NodeSettings,
+    cgroup_version: CgroupVersion,
+    node_cpus: u64,
+    node_memory: u64,
+    min_oom_score_adj: i32,
+    /// hostPorts held by each running pod (UID → pod name, mappings).
+    host_ports: Mutex<HashMap<String, (String, Vec<PortMapping>)>>,
+}
+
+impl NodeRuntime {
+    pub fn new(
+        containerd: Containerd,
+        images: Arc<ImageService>,
+        sandbox_image: ResolvedImage,
+        network: Network,
+        settings: NodeSettings,
+    ) -> NodeRuntime {
+        NodeRuntime {
+            containerd,
+            images,
+            sandbox_image,
+            network,
+            settings,
+            cgroup_version: cgroups::detect(),
+            node_cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            node_memory: resources::node_memory_capacity().unwrap_or(0),
+            min_oom_score_adj: lowest_oom_score_adj(),
+            host_ports: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn netns_path(&self, uid: &str) -> PathBuf {
+        self.settings
+            .state_dir
+            .join("netns")
+            .join(labels::sandbox_id(uid))
+    }
+
+    fn claim_ports(&self, pod: &DesiredPod, wanted: &[PortMapping]) -> Result<(), String> {
+        let mut held = self.host_ports.lock().unwrap_or_else(|e| e.into_inner());
+        let taken: Vec<(String, Vec<PortMapping>)> = held
+            .iter()
+            .filter(|(uid, _)| uid.as_str() != pod.uid())
+            .map(|(_, entry)| entry.clone())
+            .collect();
+        if let Some(conflict) = hostport::conflict(wanted, &taken) {
+            return Err(conflict);
+        }
+        if !wanted.is_empty() {
+            let name = format!("{}/{}", pod.namespace(), pod.name());
+            held.insert(pod.uid().into(), (name, wanted.to_vec()));
+        }
+        Ok(())
+    }
+
+    fn release_ports(&self, uid: &str) {
+        let mut held = self.host_ports.lock().unwrap_or_else(|e| e.into_inner());
+        held.remove(uid);
+    }
+}
+
+/// The lowest `oom_score_adj` containers may get. Lowering it needs
+/// `CAP_SYS_RESOURCE`, which some hosts (user namespaces, sandboxed VMs)
+/// withhold, and runc then fails the whole container; there, containers
+/// get no less than the agent's own value, as containerd's
+/// `restrict_oom_score_adj` does.
+fn lowest_oom_score_adj() -> i32 {
+    const PATH: &str = "/proc/self/oom_score_adj";
+    let Ok(current) = std::fs::read_to_string(PATH).map(|t| t.trim().parse::<i32>().unwrap_or(0))
+    else {
+        return 0;
+    };
+    if current <= -1000 || std::fs::write(PATH, (current - 1).to_string()).is_ok() {
+        let _ = std::fs::write(PATH, current.to_string());
+        return -1000;
+    }
+    warn!(oom_score_adj = current, "this host does not let podkeeper lower oom_score_adj; containers get at least the agent's own value");
+    current
+}
+
+fn failure(reason: &'static str, message: impl Into<String>) -> SandboxFailure {
+    SandboxFailure {
+        reason,
+        message: message.into(),
+    }
 }
 
 impl PodRuntime for NodeRuntime {
+    async fn prepare_sandbox(
+        &self,
+        pod: &DesiredPod,
+    ) -> Result<SandboxEnvironment, SandboxFailure> {
+        let spec = pod.pod.spec.clone().unwrap_or_default();
+        let sandbox_failed = |m: String| failure("FailedCreatePodSandBox", m);
+        let qos = resources::qos_class(&spec).map_err(|e| sandbox_failed(e.to_string()))?;
+        let cgroup = resources::pod_cgroup(pod.uid(), &spec, qos, &self.settings.cgroup_root)
+            .map_err(|e| sandbox_failed(e.to_string()))?;
+        cgroups::ensure_pod_cgroup(&cgroup, self.cgroup_version)
+            .map_err(|e| sandbox_failed(format!("creating the pod cgroup {}: {e}", cgroup.path)))?;
+        let files = PodFiles::new(&self.settings.state_dir, pod.uid());
+        let prepared = volumes::prepare(pod, &files.volumes())
+            .map_err(|e| failure("FailedMount", format!("MountVolume failed: {e}")))?;
+
+        let host_network = spec.host_network.unwrap_or(false);
+        let mut facts = PodFacts {
+            pod_ip: None,
+            host_ip: self.settings.host_ip.clone(),
+            node_cpus: self.node_cpus,
+            node_memory: self.node_memory,
+        };
+        let mut netns_path = None;
+        if host_network {
+            facts.pod_ip = self.settings.host_ip.clone();
+        } else {
+            let mappings = hostport::port_mappings(&pod.pod);
+            self.claim_ports(pod, &mappings).map_err(sandbox_failed)?;
+            let path = netns::create(
+                &self.settings.state_dir.join("netns"),
+                &labels::sandbox_id(pod.uid()),
+            )
+            .map_err(|e| sandbox_failed(format!("creating the network namespace: {e}")))?;
+            let sandbox_id = labels::sandbox_id(pod.uid());
+            let request = PodNetworkRequest {
+                sandbox_id: &sandbox_id,
+                netns: &path,
+                pod_name: pod.name(),
+                pod_namespace: pod.namespace(),
+                pod_uid: pod.uid(),
+                port_mappings: &mappings,
+            };
+            match self.network.setup(&request).await {
+                Ok(network) => facts.pod_ip = network.ips.first().map(|ip| ip.to_string()),
+                Err(e) => {
+                    let _ = netns::remove(&path);
+                    self.release_ports(pod.uid());
+                    return Err(sandbox_failed(format!(
+                        "failed to set up the pod network ({}): {e}",
+                        self.network.describe()
+                    )));
+                }
+            }
+            netns_path = Some(path);
+        }
+
+        let hostname = spec::pod_hostname(pod);
+        let node_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let hosts = pod_files::hosts_file(pod, &hostname, facts.pod_ip.as_deref(), &node_hosts);
+        let resolv = pod_files::resolv_conf(&spec, &node_resolv);
+        pod_files::prepare(
+            &files,
+            &hosts,
+            &resolv.content,
+            &hostname,
+            spec.host_ipc.unwrap_or(false),
+        )
+        .map_err(|e| {
+            sandbox_failed(format!(
+                "writing the pod's files in {}: {e}",
+                files.dir.display()
+            ))
+        })?;
+        let mut warnings = Vec::new();
+        if resolv.missing_cluster_dns {
+            warnings.push((
+                "MissingClusterDNS",
+                "pod: \"".to_string() + pod.name() + "\". kubelet does not have ClusterDNS IP configured and cannot create Pod using \"ClusterFirst\" policy. Falling back to \"Default\" policy.",
+            ));
+        }
+        Ok(SandboxEnvironment {
+            facts,
+            files: Some(files),
+            netns: netns_path,
+            cgroup_parent: cgroup.path,
+            qos,
+            volumes: prepared,
+            warnings,
+            min_oom_score_adj: self.min_oom_score_adj,
+        })
+    }
+
+    async fn release_sandbox(&self, pod: &DesiredPod) {
+        let spec = pod.pod.spec.clone().unwrap_or_default();
+        if !spec.host_network.unwrap_or(false) {
+            let path = self.netns_path(pod.uid());
+            let sandbox_id = labels::sandbox_id(pod.uid());
+            let mappings = hostport::port_mappings(&pod.pod);
+            let request = PodNetworkRequest {
+                sandbox_id: &sandbox_id,
+                netns: &path,
+                pod_name: pod.name(),
+                pod_namespace: pod.namespace(),
+                pod_uid: pod.uid(),
+                port_mappings: &mappings,
+            };
+            if let Err(e) = self.network.teardown(&request).await {
+                warn!(pod = %pod.name(), error = %e, "cannot tear down the pod network");
+            }
+            if let Err(e) = netns::remove(&path) {
+                warn!(pod = %pod.name(), error = %e, "cannot remove the network namespace");
+            }
+        }
+        self.release_ports(pod.uid());
+        let files = PodFiles::new(&self.settings.state_dir, pod.uid());
+        if let Err(e) = volumes::cleanup(&files.volumes()) {
+            warn!(pod = %pod.name(), error = %e, "cannot clean up the pod's volumes");
+        }
+        if let Err(e) = pod_files::cleanup(&files) {
+            warn!(pod = %pod.name(), error = %e, "cannot remove the pod's files");
+        }
+        if let Ok(qos) = resources::qos_class(&spec) {
+            if let Ok(cgroup) =
+                resources::pod_cgroup(pod.uid(), &spec, qos, &self.settings.cgroup_root)
+            {
+                if let Err(e) = cgroups::remove_pod_cgroup(&cgroup.path, self.cgroup_version) {
+                    warn!(pod = %pod.name(), error = %e, "cannot remove the pod cgroup");
+                }
+            }
+        }
+    }
+
+    fn log_target(&self, path: &Path) -> String {
+        crate::logs::logger_uri(&self.settings.executable, path, &self.settings.logs)
+    }
+
     async fn ensure_image(
         &self,
         image: &str,

@@ -137,6 +137,8 @@ mod tests {
         PodRecord {
             restart_policy: "Always".into(),
             host_ip: None,
+            pod_ip: None,
+            qos: None,
             start_time: None,
             sandbox_pid: Some(42),
             sandbox_retry: Retry::default(),

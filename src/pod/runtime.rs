@@ -4,16 +4,64 @@
 //! records calls.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use super::volumes::PreparedVolumes;
+use crate::desired::DesiredPod;
+use crate::runtime::env::PodFacts;
+use crate::runtime::pod_files::PodFiles;
+use crate::runtime::resources::QosClass;
 
 use crate::images::policy::{Ensured, ImageError, OnPull, PullPolicy};
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
 use crate::runtime::containerd::RuntimeError;
 
+/// Everything a pod's sandbox and containers stand on, prepared before the
+/// sandbox task starts and released after the pod's last container.
+#[derive(Debug, Clone)]
+pub struct SandboxEnvironment {
+    /// Pod and host IP and the node's capacity, for the downward API.
+    pub facts: PodFacts,
+    /// `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`, `/dev/shm`.
+    pub files: Option<PodFiles>,
+    /// The pod's network namespace (`None` with `hostNetwork`).
+    pub netns: Option<PathBuf>,
+    /// The pod's cgroup; containers go below it.
+    pub cgroup_parent: String,
+    pub qos: QosClass,
+    pub volumes: PreparedVolumes,
+    /// Warnings to record as events, e.g. `MissingClusterDNS`.
+    pub warnings: Vec<(&'static str, String)>,
+    /// The lowest `oom_score_adj` this node lets containers have.
+    pub min_oom_score_adj: i32,
+}
+
+/// Why a sandbox could not be prepared.
+#[derive(Debug, Clone)]
+pub struct SandboxFailure {
+    /// The event reason: `FailedMount` or `FailedCreatePodSandBox`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
 pub trait PodRuntime: Send + Sync + 'static {
+    /// Cgroup, volumes, network (with hostPorts) and shared files of a pod.
+    fn prepare_sandbox(
+        &self,
+        pod: &DesiredPod,
+    ) -> impl Future<Output = Result<SandboxEnvironment, SandboxFailure>> + Send;
+
+    /// Undoes [`PodRuntime::prepare_sandbox`]; idempotent, also for a pod
+    /// that was only partly prepared.
+    fn release_sandbox(&self, pod: &DesiredPod) -> impl Future<Output = ()> + Send;
+
+    /// The stdout/stderr target for a container whose log file is `path`.
+    fn log_target(&self, path: &Path) -> String;
+
     /// Makes `image` available by `policy`; `on_pull` runs if a pull starts.
     fn ensure_image(
         &self,

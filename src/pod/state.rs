@@ -74,6 +74,8 @@ pub struct ContainerRecord {
     pub container_id: Option<String>,
     pub state: RunState,
     pub restart_count: i32,
+    /// Runs started so far; the restart count is one less.
+    pub runs: u32,
     /// Attempts to create this container so far; part of its containerd ID,
     /// so a retry never collides with the remains of a failed one.
     pub attempts: u32,
@@ -95,6 +97,7 @@ impl ContainerRecord {
             container_id: None,
             state,
             restart_count: 0,
+            runs: 0,
             attempts: 0,
             retry: Retry::default(),
             pull_backoff_at: None,
@@ -130,6 +133,9 @@ impl ContainerRecord {
 pub struct PodRecord {
     pub restart_policy: String,
     pub host_ip: Option<String>,
+    pub pod_ip: Option<String>,
+    /// `status.qosClass`, once computed.
+    pub qos: Option<&'static str>,
     pub start_time: Option<jiff::Timestamp>,
     /// PID of the running sandbox's pause process.
     pub sandbox_pid: Option<u32>,
@@ -215,6 +221,16 @@ impl PodRecord {
         PodStatus {
             phase: Some(self.phase().into()),
             host_ip: self.host_ip.clone(),
+            host_ips: self
+                .host_ip
+                .clone()
+                .map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip }]),
+            pod_ip: self.pod_ip.clone(),
+            pod_ips: self
+                .pod_ip
+                .clone()
+                .map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip }]),
+            qos_class: self.qos.map(String::from),
             start_time: self.start_time.map(Time),
             conditions: Some(vec![
                 condition(
@@ -329,6 +345,8 @@ mod tests {
         PodRecord {
             restart_policy: policy.into(),
             host_ip: None,
+            pod_ip: None,
+            qos: None,
             start_time: None,
             sandbox_pid: Some(1),
             sandbox_retry: Retry::default(),

@@ -19,14 +19,15 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::plan::{plan, PULL_ERROR_VISIBLE};
-use super::runtime::PodRuntime;
+use super::runtime::{PodRuntime, SandboxEnvironment};
 use super::state::{ContainerRecord, PodRecord, RunState};
+use super::volumes;
 use crate::desired::DesiredPod;
 use crate::images::policy::{Ensured, ImageError, Provenance, PullPolicy};
 use crate::runtime::containerd::events::RuntimeEvent;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
 use crate::runtime::spec::{ContainerInputs, SandboxFacts, SandboxInputs};
-use crate::runtime::{labels, spec};
+use crate::runtime::{cgroups, labels, resources, spec};
 use crate::status::events::{EventType, ObjectRef, Recorder};
 use crate::status::store::StatusStore;
 
@@ -60,6 +61,8 @@ pub struct Worker<R> {
     pod: Arc<DesiredPod>,
     record: PodRecord,
     sandbox_id: String,
+    /// What the running sandbox stands on; set once it runs.
+    environment: Option<SandboxEnvironment>,
     /// Containers the OOM killer hit during their current run.
     oom_killed: std::collections::HashSet<String>,
     events: mpsc::UnboundedReceiver<RuntimeEvent>,
@@ -98,6 +101,8 @@ impl<R: PodRuntime> Worker<R> {
                 .clone()
                 .unwrap_or_else(|| "Always".into()),
             host_ip: None,
+            pod_ip: None,
+            qos: None,
             start_time: None,
             sandbox_pid: None,
             sandbox_retry: Default::default(),
@@ -106,6 +111,7 @@ impl<R: PodRuntime> Worker<R> {
         };
         Worker {
             sandbox_id: labels::sandbox_id(pod.uid()),
+            environment: None,
             arrivals: ctx.runtime.image_arrivals(),
             ctx,
             pod,
@@ -120,6 +126,7 @@ impl<R: PodRuntime> Worker<R> {
     pub async fn run(mut self) {
         self.publish();
         self.ctx.runtime.remove_pod(self.pod.uid()).await;
+        self.ctx.runtime.release_sandbox(&self.pod).await;
         loop {
             let now = Instant::now();
             let plan = plan(&self.record, now);
@@ -176,16 +183,41 @@ impl<R: PodRuntime> Worker<R> {
         self.ctx.status.set(self.pod.uid(), self.record.to_status());
     }
 
+    /// Prepares what the sandbox stands on (cgroup, volumes, network,
+    /// files), then runs the pause container in the pod's network
+    /// namespace. A failure undoes the preparation and backs off.
     async fn create_sandbox(&mut self) {
-        let image = self.ctx.runtime.sandbox_image().clone();
-        let result = match spec::sandbox_spec(
-            &self.pod,
-            &image.config,
-            &SandboxInputs {
-                cgroup_path: format!("/podkeeper/{}", self.sandbox_id),
-                ..Default::default()
-            },
-        ) {
+        let runtime = &self.ctx.runtime;
+        let environment = match runtime.prepare_sandbox(&self.pod).await {
+            Ok(environment) => environment,
+            Err(failure) => {
+                runtime.release_sandbox(&self.pod).await;
+                let wait = self.record.sandbox_retry.failed(Instant::now());
+                warn!(pod = %self.pod.name(), file = %self.pod.source.display(), reason = failure.reason, "cannot prepare the pod: {}; retrying in {wait:?}", failure.message);
+                let message = match failure.reason {
+                    "FailedMount" => failure.message,
+                    _ => format!("Failed to create pod sandbox: {}", failure.message),
+                };
+                self.record_pod_event(EventType::Warning, failure.reason, &message);
+                return;
+            }
+        };
+        for (reason, message) in &environment.warnings {
+            self.record_pod_event(EventType::Warning, reason, message);
+        }
+        let image = runtime.sandbox_image().clone();
+        let inputs = SandboxInputs {
+            cgroup_path: cgroups::container_cgroup_path(
+                &environment.cgroup_parent,
+                &self.sandbox_id,
+            ),
+            netns: environment.netns.clone(),
+            resources: Some(sandbox_resources()),
+            oom_score_adj: Some(
+                resources::SANDBOX_OOM_SCORE_ADJ.max(environment.min_oom_score_adj),
+            ),
+        };
+        let result = match spec::sandbox_spec(&self.pod, &image.config, &inputs) {
             Ok(oci) => {
                 let new = NewContainer {
                     id: &self.sandbox_id,
@@ -193,13 +225,9 @@ impl<R: PodRuntime> Worker<R> {
                     chain_id: &image.chain_id,
                     spec: &oci,
                     labels: labels::for_container(&self.pod, labels::SANDBOX_NAME),
-                    log_file: None,
+                    log_target: None,
                 };
-                self.ctx
-                    .runtime
-                    .run_container(new)
-                    .await
-                    .map_err(|e| e.to_string())
+                runtime.run_container(new).await.map_err(|e| e.to_string())
             }
             Err(e) => Err(e.to_string()),
         };
@@ -207,9 +235,14 @@ impl<R: PodRuntime> Worker<R> {
             Ok(pid) => {
                 self.record.sandbox_pid = Some(pid);
                 self.record.start_time = Some(jiff::Timestamp::now());
+                self.record.pod_ip = environment.facts.pod_ip.clone();
+                self.record.host_ip = environment.facts.host_ip.clone();
+                self.record.qos = Some(environment.qos.as_str());
+                self.environment = Some(environment);
             }
             Err(message) => {
-                let _ = self.ctx.runtime.remove_container(&self.sandbox_id).await;
+                let _ = runtime.remove_container(&self.sandbox_id).await;
+                runtime.release_sandbox(&self.pod).await;
                 let wait = self.record.sandbox_retry.failed(Instant::now());
                 warn!(pod = %self.pod.name(), file = %self.pod.source.display(), "cannot create the pod sandbox: {message}; retrying in {wait:?}");
                 self.record_pod_event(
@@ -223,13 +256,13 @@ impl<R: PodRuntime> Worker<R> {
 
     /// Starts the named containers in parallel and records the outcomes.
     async fn start_containers(&mut self, names: &[String]) {
-        let Some(pid) = self.record.sandbox_pid else {
+        let (Some(pid), Some(environment)) = (self.record.sandbox_pid, &self.environment) else {
             return;
         };
         let sandbox = SandboxFacts {
             pid,
-            addresses: Default::default(),
-            files: None,
+            addresses: environment.facts.clone(),
+            files: environment.files.clone(),
         };
         let mut attempts = Vec::new();
         for name in names {
@@ -241,22 +274,22 @@ impl<R: PodRuntime> Worker<R> {
             };
             let attempt = record.attempts;
             record.attempts += 1;
-            attempts.push((container, init, attempt));
+            // The kubelet names a run's log file by its restart count.
+            attempts.push((container, init, attempt, record.runs));
         }
-        let starts = attempts.iter().map(|(container, init, attempt)| {
-            self.start_container(container, *init, *attempt, &sandbox)
+        let starts = attempts.iter().map(|(container, init, attempt, restarts)| {
+            self.start_container(container, *init, *attempt, *restarts, &sandbox)
         });
         let results = futures::future::join_all(starts).await;
         let now = Instant::now();
-        for ((container, _, _), result) in attempts.iter().zip(results) {
+        for ((container, _, _, _), result) in attempts.iter().zip(results) {
             let Some(record) = self.record.container_mut(&container.name) else {
                 continue;
             };
             match result {
                 Ok(started) => {
-                    if matches!(record.state, RunState::Terminated { .. }) {
-                        record.restart_count += 1;
-                    }
+                    record.restart_count = record.runs as i32;
+                    record.runs += 1;
                     record.container_id = Some(started.id);
                     record.image_id = started.image_id;
                     record.state = RunState::Running {
@@ -286,6 +319,7 @@ impl<R: PodRuntime> Worker<R> {
         container: &Container,
         init: bool,
         attempt: u32,
+        restart_count: u32,
         sandbox: &SandboxFacts,
     ) -> Result<Started, StartFailure> {
         let object = ObjectRef::container(&self.pod, &container.name, init);
@@ -307,31 +341,27 @@ impl<R: PodRuntime> Worker<R> {
         };
         let id = labels::container_id(self.pod.uid(), &container.name, attempt);
         let image = &ensured.image;
-        let oci = spec::container_spec(
-            &self.pod,
-            container,
-            list,
-            &image.config,
-            sandbox,
-            &ContainerInputs {
-                cgroup_path: format!("/podkeeper/{id}"),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| fail("CreateContainerConfigError", e.to_string()))?;
-        let log_file = self.prepare_log_file(&container.name, 0).map_err(|e| {
-            fail(
-                "CreateContainerError",
-                format!("creating the log file: {e}"),
-            )
-        })?;
+        let inputs = self
+            .container_inputs(container, init, &id, sandbox)
+            .map_err(|message| fail("CreateContainerConfigError", message))?;
+        let oci = spec::container_spec(&self.pod, container, list, &image.config, sandbox, &inputs)
+            .map_err(|e| fail("CreateContainerConfigError", e.to_string()))?;
+        let log_file = self
+            .prepare_log_file(&container.name, restart_count)
+            .map_err(|e| {
+                fail(
+                    "CreateContainerError",
+                    format!("creating the log file: {e}"),
+                )
+            })?;
+        let log_target = self.ctx.runtime.log_target(&log_file);
         let new = NewContainer {
             id: &id,
             image: &image.name,
             chain_id: &image.chain_id,
             spec: &oci,
             labels: labels::for_container(&self.pod, &container.name),
-            log_file: Some(&log_file),
+            log_target: Some(&log_target),
         };
         match self.ctx.runtime.run_container(new).await {
             Ok(_) => {}
@@ -357,6 +387,60 @@ impl<R: PodRuntime> Worker<R> {
             id,
             image_id: image.digest.clone(),
             at: jiff::Timestamp::now(),
+        })
+    }
+
+    /// Cgroup, limits and volume mounts of one container.
+    fn container_inputs(
+        &self,
+        container: &Container,
+        init: bool,
+        id: &str,
+        sandbox: &SandboxFacts,
+    ) -> Result<ContainerInputs, String> {
+        let Some(environment) = &self.environment else {
+            return Err("the pod sandbox is not ready".into());
+        };
+        let spec = self.pod.pod.spec.clone().unwrap_or_default();
+        let list = if init {
+            "spec.initContainers"
+        } else {
+            "spec.containers"
+        };
+        let limits = resources::container_resources(
+            &spec,
+            container,
+            init,
+            environment.qos,
+            environment.facts.node_memory,
+        )
+        .map_err(|e| e.to_string())?;
+        let variables = crate::runtime::env::container_variables(
+            &self.pod,
+            container,
+            list,
+            &sandbox.addresses,
+        )
+        .map_err(|e| e.to_string())?;
+        let privileged = container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.privileged)
+            .unwrap_or(false);
+        let mounts = volumes::container_mounts(
+            &environment.volumes,
+            container,
+            list,
+            privileged,
+            &variables.into_iter().collect(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(ContainerInputs {
+            cgroup_path: cgroups::container_cgroup_path(&environment.cgroup_parent, id),
+            rootfs_propagation: volumes::rootfs_propagation(&mounts).map(String::from),
+            mounts,
+            resources: Some(resources::to_oci(&limits)),
+            oom_score_adj: Some(limits.oom_score_adj.max(environment.min_oom_score_adj)),
         })
     }
 
@@ -614,6 +698,7 @@ impl<R: PodRuntime> Worker<R> {
                 .await;
         }
         runtime.remove_pod(self.pod.uid()).await;
+        runtime.release_sandbox(&self.pod).await;
         if let Err(e) = std::fs::remove_dir_all(self.pod_log_dir()) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(pod = %self.pod.name(), error = %e, "cannot remove the pod's log directory");
@@ -626,6 +711,16 @@ impl<R: PodRuntime> Worker<R> {
             .recorder
             .record(ObjectRef::pod(&self.pod), event_type, reason, message);
     }
+}
+
+/// The pause container's limits: cpu shares 2, as containerd's CRI plugin
+/// gives every sandbox.
+fn sandbox_resources() -> oci_spec::runtime::LinuxResources {
+    let mut cpu = oci_spec::runtime::LinuxCpu::default();
+    cpu.set_shares(Some(resources::SANDBOX_CPU_SHARES));
+    let mut limits = oci_spec::runtime::LinuxResources::default();
+    limits.set_cpu(Some(cpu));
+    limits
 }
 
 /// The kubelet's per-pod log directory.

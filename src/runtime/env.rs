@@ -10,11 +10,15 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, ObjectFieldSelector};
 
 use crate::desired::DesiredPod;
 
-/// What `fieldRef` may read that is not in the pod object itself.
+/// What the downward API may read that is not in the pod object itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodAddresses {
+pub struct PodFacts {
     pub pod_ip: Option<String>,
     pub host_ip: Option<String>,
+    /// The node's CPUs and memory bytes: what `resourceFieldRef` reports
+    /// for a limit that is not set (node allocatable, as the kubelet does).
+    pub node_cpus: u64,
+    pub node_memory: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +73,7 @@ pub fn container_variables(
     pod: &DesiredPod,
     container: &Container,
     list: &str,
-    addresses: &PodAddresses,
+    addresses: &PodFacts,
 ) -> Result<Vec<(String, String)>, EnvError> {
     let mut defined: Vec<(String, String)> = Vec::new();
     for (i, var) in container.env.iter().flatten().enumerate() {
@@ -98,7 +102,7 @@ fn resolve_source(
     var: &EnvVar,
     source: &k8s_openapi::api::core::v1::EnvVarSource,
     field: &str,
-    addresses: &PodAddresses,
+    addresses: &PodFacts,
 ) -> Result<String, EnvError> {
     let error = |message: String| EnvError {
         field: format!("{field}.valueFrom"),
@@ -125,7 +129,7 @@ fn resolve_source(
                 target.unwrap_or_default()
             )));
         };
-        return resource_field_value(of, selector).map_err(error);
+        return resource_field_value(of, selector, addresses).map_err(error);
     }
     Err(error(format!(
         "env {}: only fieldRef and resourceFieldRef are supported (static pods cannot reference ConfigMaps or Secrets)",
@@ -133,22 +137,66 @@ fn resolve_source(
     )))
 }
 
-/// The value of a `resourceFieldRef` for container `of`.
+/// The value of a `resourceFieldRef` for container `of`: the quantity
+/// divided by `divisor` (default 1), rounded up. An unset limit reports the
+/// node's capacity; an unset request falls back to the limit, as
+/// Kubernetes defaults requests from limits.
 fn resource_field_value(
     of: &Container,
     selector: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+    facts: &PodFacts,
 ) -> Result<String, String> {
-    Err(format!(
-        "resourceFieldRef {:?} of container {:?} is not supported yet",
-        selector.resource, of.name
-    ))
+    use super::quantity;
+    let resources = of.resources.clone().unwrap_or_default();
+    let get = |map: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+               name: &str| {
+        map.as_ref().and_then(|m| m.get(name)).map(|q| q.0.clone())
+    };
+    let (kind, text) = match selector.resource.as_str() {
+        "limits.cpu" => ("cpu", get(&resources.limits, "cpu")),
+        "requests.cpu" => (
+            "cpu",
+            get(&resources.requests, "cpu").or(get(&resources.limits, "cpu")),
+        ),
+        "limits.memory" => ("memory", get(&resources.limits, "memory")),
+        "requests.memory" => (
+            "memory",
+            get(&resources.requests, "memory").or(get(&resources.limits, "memory")),
+        ),
+        other => return Err(format!("resourceFieldRef {other:?} is not supported")),
+    };
+    let parse = |t: &str| quantity::parse(t).map_err(|e| format!("{t:?}: {e}"));
+    let divisor = match &selector.divisor {
+        Some(d) => parse(&d.0)?,
+        None => parse("1")?,
+    };
+    if divisor.is_zero() {
+        return Err("divisor must not be zero".into());
+    }
+    let value = match (kind, text) {
+        ("cpu", Some(t)) => parse(&t)?.milli_value(),
+        ("cpu", None) => facts.node_cpus as i64 * 1000,
+        (_, Some(t)) => parse(&t)?.value(),
+        (_, None) => facts.node_memory as i64,
+    };
+    let per = if kind == "cpu" {
+        divisor.milli_value()
+    } else {
+        divisor.value()
+    };
+    if per <= 0 {
+        return Err("divisor is too small".into());
+    }
+    Ok(((value + per - 1) / per).to_string())
 }
 
 /// The value of a downward-API field path.
 pub fn field_value(
     pod: &DesiredPod,
     selector: &ObjectFieldSelector,
-    addresses: &PodAddresses,
+    addresses: &PodFacts,
 ) -> Result<String, String> {
     let meta = &pod.pod.metadata;
     let path = selector.field_path.as_str();
@@ -247,9 +295,11 @@ mod tests {
 
     fn variables(pod: &DesiredPod) -> Result<Vec<(String, String)>, EnvError> {
         let container = &pod.pod.spec.as_ref().unwrap().containers[0];
-        let addresses = PodAddresses {
+        let addresses = PodFacts {
             pod_ip: Some("10.85.0.7".into()),
             host_ip: Some("192.0.2.1".into()),
+            node_cpus: 4,
+            node_memory: 8 << 30,
         };
         container_variables(pod, container, "spec.containers", &addresses)
     }
@@ -294,6 +344,34 @@ mod tests {
         assert!(err.message.contains("spec.bogus"));
         let p = pod("    - {name: S, valueFrom: {secretKeyRef: {name: s, key: k}}}\n");
         assert!(variables(&p).unwrap_err().message.contains("Secrets"));
+    }
+
+    #[test]
+    fn resource_field_refs_divide_and_round_up() {
+        let text = concat!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - name: app\n    image: x\n",
+            "    resources: {limits: {cpu: 1500m, memory: 64Mi}}\n",
+            "    env:\n",
+            "    - {name: CPU, valueFrom: {resourceFieldRef: {resource: limits.cpu}}}\n",
+            "    - {name: CPU_M, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}\n",
+            "    - {name: MEM_MI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}\n",
+            "    - {name: REQ_MEM, valueFrom: {resourceFieldRef: {resource: requests.memory}}}\n",
+        );
+        let p =
+            crate::manifest::parse::parse_manifest(text.as_bytes(), Path::new("/m/w.yaml"), "n")
+                .unwrap();
+        let vars: HashMap<String, String> = variables(&p).unwrap().into_iter().collect();
+        assert_eq!(vars["CPU"], "2");
+        assert_eq!(vars["CPU_M"], "1500");
+        assert_eq!(vars["MEM_MI"], "64");
+        assert_eq!(vars["REQ_MEM"], "67108864");
+    }
+
+    #[test]
+    fn an_unset_limit_reports_the_node() {
+        let p = pod("    - {name: CPU, valueFrom: {resourceFieldRef: {resource: limits.cpu}}}\n");
+        let vars: HashMap<String, String> = variables(&p).unwrap().into_iter().collect();
+        assert_eq!(vars["CPU"], "4");
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! IDs, the built-in pause image, and the one module that talks to
 //! containerd.
 
+pub mod cgroups;
 pub mod containerd;
 pub mod env;
 pub mod labels;
+pub mod network;
 pub mod pause;
 pub mod pod_files;
+pub mod quantity;
+pub mod resources;
 pub mod spec;
 
 /// The parts of an image's config a container's process is built from.

@@ -4,6 +4,11 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::images::media_types::{
+    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_MANIFEST,
+};
+use crate::images::platform;
+
 /// The static pause executable, built from `pause/pause.c` by build.rs.
 pub const PAUSE_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pause"));
 
@@ -11,10 +16,6 @@ pub const PAUSE_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pause"
 pub fn image_name() -> String {
     format!("podkeeper.local/pause:{}", crate::VERSION)
 }
-
-pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const MEDIA_TYPE_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// One content-addressed blob of an image.
 #[derive(Debug, Clone)]
@@ -51,21 +52,21 @@ pub fn sha256_digest(data: &[u8]) -> String {
 /// Builds the pause image. Deterministic: the same agent version always
 /// yields the same digests, so a restart finds the image it made before.
 pub fn image_blobs() -> std::io::Result<ImageBlobs> {
-    let layer = Blob::new(MEDIA_TYPE_LAYER, layer_tar(PAUSE_BINARY)?);
+    let layer = Blob::new(MEDIA_TYPE_OCI_LAYER, layer_tar(PAUSE_BINARY)?);
     let config = serde_json::json!({
-        "architecture": go_arch(),
+        "architecture": platform::host().0,
         "os": "linux",
         "config": { "Entrypoint": ["/pause"] },
         "rootfs": { "type": "layers", "diff_ids": [layer.digest] },
     });
-    let config = Blob::new(MEDIA_TYPE_CONFIG, serde_json::to_vec(&config)?);
+    let config = Blob::new(MEDIA_TYPE_OCI_CONFIG, serde_json::to_vec(&config)?);
     let manifest = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_MANIFEST,
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
         "config": { "mediaType": config.media_type, "digest": config.digest, "size": config.data.len() },
         "layers": [{ "mediaType": layer.media_type, "digest": layer.digest, "size": layer.data.len() }],
     });
-    let manifest = Blob::new(MEDIA_TYPE_MANIFEST, serde_json::to_vec(&manifest)?);
+    let manifest = Blob::new(MEDIA_TYPE_OCI_MANIFEST, serde_json::to_vec(&manifest)?);
     Ok(ImageBlobs {
         layer,
         config,
@@ -85,17 +86,6 @@ fn layer_tar(binary: &[u8]) -> std::io::Result<Vec<u8>> {
     header.set_entry_type(tar::EntryType::Regular);
     builder.append_data(&mut header, "pause", binary)?;
     builder.into_inner()
-}
-
-/// The Go architecture name OCI images use for this build's target.
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
 }
 
 #[cfg(test)]

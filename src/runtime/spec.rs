@@ -16,7 +16,7 @@ use oci_spec::runtime::{
     LinuxResources, Mount, Process, Root, Spec, User,
 };
 
-use super::env::{self, PodAddresses};
+use super::env::{self, PodFacts};
 use super::pod_files::PodFiles;
 use super::ImageConfig;
 use crate::desired::DesiredPod;
@@ -107,7 +107,7 @@ const EVERY_CAPABILITY: [Capability; 41] = [
 pub struct SandboxFacts {
     /// PID of the pause process on the host, whose namespaces are joined.
     pub pid: u32,
-    pub addresses: PodAddresses,
+    pub addresses: PodFacts,
     /// The pod's shared files (`/etc/hosts`, `/etc/resolv.conf`,
     /// `/etc/hostname`, `/dev/shm`); `None` mounts none of them.
     pub files: Option<PodFiles>,
@@ -122,6 +122,9 @@ pub struct ContainerInputs {
     /// cpu and memory limits (devices are set here).
     pub resources: Option<LinuxResources>,
     pub oom_score_adj: Option<i32>,
+    /// Propagation of the root mount, when a volume mount needs it
+    /// (`rslave` or `rshared` for HostToContainer/Bidirectional).
+    pub rootfs_propagation: Option<String>,
 }
 
 /// Sandbox parts computed elsewhere.
@@ -280,6 +283,9 @@ pub fn container_spec(
     }
     mounts.extend(inputs.mounts.iter().cloned());
     oci.set_mounts(Some(mounts));
+    if let (Some(propagation), Some(linux)) = (&inputs.rootfs_propagation, oci.linux_mut()) {
+        linux.set_rootfs_propagation(Some(propagation.clone()));
+    }
     if privileged {
         if let Some(linux) = oci.linux_mut() {
             linux.set_masked_paths(None).set_readonly_paths(None);
@@ -568,9 +574,9 @@ mod tests {
     fn sandbox() -> SandboxFacts {
         SandboxFacts {
             pid: 4242,
-            addresses: PodAddresses {
+            addresses: PodFacts {
                 pod_ip: Some("10.85.0.9".into()),
-                host_ip: None,
+                ..Default::default()
             },
             files: None,
         }

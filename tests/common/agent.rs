@@ -10,8 +10,18 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::containerd::PrivateContainerd;
+use super::process::kill_and_wait;
 
 pub const NODE: &str = "node1";
+
+/// Pod cgroups of the tests go under their own root, never `/kubepods`.
+pub const CGROUP_ROOT: &str = "/podkeeper-e2e";
+
+/// The test network's config file.
+const PLAIN_BRIDGE: &str = "10-plain-bridge.conflist";
+
+/// Tells the agents of one test process apart in bridge names and subnets.
+static AGENTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 pub struct Agent {
     child: Child,
@@ -23,6 +33,12 @@ pub struct Agent {
     /// Docker-style credentials file given as `--registry-config`.
     pub registry_config: PathBuf,
     pub namespace: String,
+    /// CNI config dir: a plain bridge network unless [`Agent::use_bridge`]
+    /// empties it so the agent's built-in network (NAT, hostPorts) is used.
+    pub cni_conf_dir: PathBuf,
+    /// The built-in network's bridge and subnet, unique per agent.
+    pub bridge: String,
+    pub subnet: String,
     socket: PathBuf,
     http: String,
     log_file: PathBuf,
@@ -50,7 +66,34 @@ impl Agent {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let cni_conf_dir = base.join("cni");
+        std::fs::create_dir_all(&cni_conf_dir)?;
+        let n = AGENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let unique = (std::process::id() % 200) * 7 + n;
+        let bridge = format!("pke{}", unique % 100_000);
+        let subnet = format!("10.{}.{}.0/24", 100 + (unique / 250) % 150, unique % 250);
+        // A bridge without NAT or port mapping leaves no iptables rules
+        // behind when a test ends with its pods still running.
+        let plain = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": format!("podkeeper-test-{unique}"),
+            "plugins": [{
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "dataDir": base.join("ipam"),
+                },
+            }],
+        });
+        std::fs::write(cni_conf_dir.join(PLAIN_BRIDGE), plain.to_string())?;
         let mut agent = Agent {
+            cni_conf_dir,
+            bridge,
+            subnet,
             child: Command::new("/bin/true").spawn()?,
             state: base.join("state"),
             logs: base.join("logs"),
@@ -70,8 +113,7 @@ impl Agent {
     /// Kills the agent (SIGKILL, as a crash would) and starts it again with
     /// the same directories; returns once it answers.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_wait(&mut self.child);
         self.child = self.spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -114,6 +156,11 @@ impl Agent {
             .arg("--registry-config")
             .arg(&self.registry_config)
             .args(["--node-name", NODE])
+            .arg("--cni-conf-dir")
+            .arg(&self.cni_conf_dir)
+            .args(["--cni-default-bridge", &self.bridge])
+            .args(["--cni-default-subnet", &self.subnet])
+            .args(["--cgroup-root", CGROUP_ROOT])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -131,6 +178,12 @@ impl Agent {
 
     pub fn remove_manifest(&self, file: &str) {
         std::fs::remove_file(self.manifests.join(file)).expect("removing manifest");
+    }
+
+    /// Makes the agent use its built-in bridge network (call in the
+    /// `prepare` of [`Agent::start_with`]).
+    pub fn use_bridge(&self) {
+        let _ = std::fs::remove_file(self.cni_conf_dir.join(PLAIN_BRIDGE));
     }
 
     /// Runs a `podkeeper` client command against this agent.
@@ -213,8 +266,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_wait(&mut self.child);
     }
 }
 

@@ -18,16 +18,16 @@
 //! - `/run/containerd/fifo/`: stdio FIFOs made by `ctr run` (removed by ctr);
 //! - cgroups `/<namespace>/<id>` (removed when the task is deleted).
 
-use anyhow::{anyhow, bail, Context, Result};
-use std::collections::HashMap;
+use super::archives;
+use super::process::{find_tool, kill_and_wait, run_checked, run_with_timeout, SYSTEM_PATH};
+use anyhow::{bail, Context, Result};
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,12 +37,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const CTR_TIMEOUT: Duration = Duration::from_secs(300);
 /// Upper bound for one `ctr` command issued while cleaning up.
 const CLEANUP_CTR_TIMEOUT: Duration = Duration::from_secs(30);
-/// Upper bound for building the busybox archive.
-const BUILD_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the daemon gets after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Appended to PATH for containerd (it looks up runc and the shims there).
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// What to install when a tool is missing.
+const INSTALL_HINT: &str = "apt-get install -y containerd runc busybox-static";
 /// Plugins that are not wanted or would reach outside the temp dir. CRI would
 /// also bind streaming ports and use /etc/cni; the extra snapshotters only
 /// slow startup and log errors on ext4.
@@ -77,8 +75,8 @@ impl PrivateContainerd {
     /// /tmp or /var/tmp and its path should be SHORT (unix socket paths are limited to 108 bytes;
     /// shims put sockets elsewhere but keep it short anyway).
     pub fn start() -> Result<Self> {
-        let containerd = find_binary("containerd", "/usr/bin/containerd")?;
-        let ctr = find_binary("ctr", "/usr/bin/ctr")?;
+        let containerd = find_tool("containerd", "/usr/bin/containerd", INSTALL_HINT)?;
+        let ctr = find_tool("ctr", "/usr/bin/ctr", INSTALL_HINT)?;
 
         let tmp = ["/tmp", "/var/tmp"]
             .iter()
@@ -127,11 +125,10 @@ impl PrivateContainerd {
         self.ctr_with_timeout(namespace, args, CTR_TIMEOUT)
     }
 
-    /// Builds the busybox archive once per test process (cached under
-    /// `std::env::temp_dir()`, keyed by process id and reference) with
-    /// examples/build-busybox-image.sh and imports it into NAMESPACE as `reference`.
+    /// Imports the busybox archive of examples/build-busybox-image.sh (built once per
+    /// test process, see [`archives::shared_busybox_oci`]) into NAMESPACE as `reference`.
     pub fn import_busybox(&self, namespace: &str, reference: &str) -> Result<()> {
-        let archive = busybox_archive(reference)?;
+        let archive = archives::shared_busybox_oci(reference)?;
         let archive_str = archive
             .to_str()
             .context("busybox archive path is not UTF-8")?;
@@ -164,6 +161,7 @@ impl PrivateContainerd {
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
         let log_err = log.try_clone()?;
+        // containerd looks up runc and the shims on PATH.
         let path = match std::env::var("PATH") {
             Ok(p) if !p.is_empty() => format!("{p}:{SYSTEM_PATH}"),
             _ => SYSTEM_PATH.to_string(),
@@ -277,21 +275,7 @@ impl PrivateContainerd {
         args: &[&str],
         timeout: Duration,
     ) -> Result<String> {
-        let cmd = self.ctr_command(namespace, args);
-        let what = format!("ctr -n {namespace} {}", args.join(" "));
-        let out = run_with_timeout(cmd, timeout).with_context(|| what.clone())?;
-        if !out.status.success() {
-            bail!(
-                "{what} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
-                if out.stdout.is_empty() {
-                    String::new()
-                } else {
-                    format!("\nstdout: {}", String::from_utf8_lossy(&out.stdout).trim())
-                }
-            );
-        }
+        let out = run_checked(&mut self.ctr_command(namespace, args), timeout)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -383,8 +367,7 @@ impl PrivateContainerd {
             "containerd {} ignored SIGTERM for {STOP_TIMEOUT:?}; sending SIGKILL",
             child.id()
         ));
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_and_wait(&mut child);
     }
 
     /// SIGKILLs shims (and their direct children, the container inits) whose
@@ -424,7 +407,8 @@ impl PrivateContainerd {
             return;
         };
         let needle = self.dir.to_string_lossy().into_owned();
-        let runc = find_binary("runc", "/usr/sbin/runc").unwrap_or_else(|_| "runc".into());
+        let runc =
+            find_tool("runc", "/usr/sbin/runc", INSTALL_HINT).unwrap_or_else(|_| "runc".into());
         for ns in namespaces.flatten() {
             let Ok(bundles) = fs::read_dir(ns.path()) else {
                 continue;
@@ -448,7 +432,7 @@ impl PrivateContainerd {
                         .arg(&runc_root)
                         .args(["delete", "--force"])
                         .arg(&id);
-                    let _ = run_with_timeout(cmd, CLEANUP_CTR_TIMEOUT);
+                    let _ = run_with_timeout(&mut cmd, CLEANUP_CTR_TIMEOUT);
                 }
                 if let Ok(addr) = fs::read_to_string(bundle.path().join("address")) {
                     let sock = addr.trim().trim_start_matches("unix://");
@@ -553,120 +537,6 @@ pub fn e2e_enabled(test_name: &str) -> bool {
          set PODKEEPER_E2E_REQUIRED=1 to make this a failure)"
     );
     false
-}
-
-/// Per-process cache of built archives, keyed by image reference.
-static ARCHIVES: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
-
-/// Returns the path of a busybox OCI archive named `reference`, building it
-/// on first use in this process. The builder runs under the lock, so
-/// concurrent tests wait for one build instead of racing.
-fn busybox_archive(reference: &str) -> Result<PathBuf> {
-    let mut guard = ARCHIVES.lock().unwrap_or_else(|p| p.into_inner());
-    let cache = guard.get_or_insert_with(|| {
-        sweep_stale_archive_dirs();
-        HashMap::new()
-    });
-    if let Some(path) = cache.get(reference) {
-        if path.is_file() {
-            return Ok(path.clone());
-        }
-    }
-    let dir = archive_dir(std::process::id());
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let out = dir.join(format!("busybox-{}.tar", cache.len()));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/build-busybox-image.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script).arg(&out).arg(reference);
-    let res = run_with_timeout(cmd, BUILD_TIMEOUT)
-        .with_context(|| format!("running {}", script.display()))?;
-    if !res.status.success() || !out.is_file() {
-        bail!(
-            "{} {} {reference} failed ({}): {}",
-            script.display(),
-            out.display(),
-            res.status,
-            String::from_utf8_lossy(&res.stderr).trim()
-        );
-    }
-    cache.insert(reference.to_string(), out.clone());
-    Ok(out)
-}
-
-fn archive_dir(pid: u32) -> PathBuf {
-    std::env::temp_dir().join(format!("podkeeper-busybox-{pid}"))
-}
-
-/// Removes archive dirs left by test processes that no longer exist
-/// (nothing runs at process exit to delete them).
-fn sweep_stale_archive_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("podkeeper-busybox-"))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-/// Runs `cmd` with stdin closed, capturing stdout and stderr; SIGKILLs it
-/// after `timeout`.
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    let waiter = thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(res) => {
-            let _ = waiter.join();
-            Ok(res?)
-        }
-        Err(_) => {
-            // The waiter has not reaped the child yet (it would have sent),
-            // so the pid is still ours.
-            if let Ok(pid) = libc::pid_t::try_from(pid) {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-            let _ = waiter.join();
-            Err(anyhow!("timed out after {timeout:?}"))
-        }
-    }
-}
-
-/// `preferred` if it exists, else `name` looked up on PATH.
-fn find_binary(name: &str, preferred: &str) -> Result<PathBuf> {
-    let preferred = Path::new(preferred);
-    if preferred.is_file() {
-        return Ok(preferred.to_path_buf());
-    }
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(SYSTEM_PATH.split(':'))
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            anyhow!("{name} not found (apt-get install -y containerd runc busybox-static)")
-        })
 }
 
 /// The value of `"key":"..."` in compact JSON (escapes are not decoded).

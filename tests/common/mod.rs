@@ -5,5 +5,6 @@
 pub mod agent;
 pub mod archives;
 pub mod containerd;
+pub mod process;
 pub mod registry;
 pub mod synthetic;

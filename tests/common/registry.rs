@@ -17,21 +17,22 @@
 //! per request too, but only at level info and with a different format for
 //! errors, so it is not used for counting.
 
+use super::process::{find_tool, kill_and_wait, run_checked};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// What to install when a tool is missing; CI installs these.
-const INSTALL_HINT: &str = "apt-get install docker-registry skopeo apache2-utils";
+const INSTALL_HINT: &str =
+    "the registry tests need it: apt-get install docker-registry skopeo apache2-utils";
 /// How long `start`/`restart` wait for `GET /v2/` to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// Upper bound for one skopeo push or fixture build.
+/// Upper bound for one skopeo push (or htpasswd run).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// Ports tried when the one picked was taken by someone else meanwhile.
 const PORT_ATTEMPTS: usize = 5;
@@ -63,24 +64,18 @@ impl TestRegistry {
     }
 
     fn start_inner(credentials: Option<(String, String)>) -> Result<TestRegistry> {
-        let binary = find_tool("docker-registry", "/usr/bin/docker-registry")?;
+        let binary = find_tool("docker-registry", "/usr/bin/docker-registry", INSTALL_HINT)?;
         let dir = tempfile::Builder::new()
             .prefix("pkreg.")
             .tempdir()
             .context("creating the registry temp dir")?;
         fs::create_dir_all(dir.path().join("data"))?;
         if let Some((user, password)) = &credentials {
-            let htpasswd = find_tool("htpasswd", "/usr/bin/htpasswd")?;
-            let mut cmd = Command::new(htpasswd);
-            cmd.args(["-B", "-b", "-n", user, password]);
-            let out = run_with_timeout(cmd, COMMAND_TIMEOUT).context("running htpasswd")?;
-            if !out.status.success() {
-                bail!(
-                    "htpasswd -B failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+            let htpasswd = find_tool("htpasswd", "/usr/bin/htpasswd", INSTALL_HINT)?;
+            let out = run_checked(
+                Command::new(htpasswd).args(["-B", "-b", "-n", user, password]),
+                COMMAND_TIMEOUT,
+            )?;
             fs::write(dir.path().join("htpasswd"), &out.stdout)?;
         }
         let mut registry = TestRegistry {
@@ -160,7 +155,7 @@ impl TestRegistry {
     }
 
     fn push(&self, archive: &Path, repo_and_tag: &str, preserve_digests: bool) -> Result<String> {
-        let skopeo = find_tool("skopeo", "/usr/bin/skopeo")?;
+        let skopeo = find_tool("skopeo", "/usr/bin/skopeo", INSTALL_HINT)?;
         let tmp = self.dir.path().join("skopeo-tmp");
         fs::create_dir_all(&tmp)?;
         let digest_file = tempfile::NamedTempFile::new_in(self.dir.path())?;
@@ -179,16 +174,7 @@ impl TestRegistry {
             .arg(digest_file.path())
             .arg(format!("oci-archive:{}", archive.display()))
             .arg(format!("docker://{}/{repo_and_tag}", self.host()));
-        let out = run_with_timeout(cmd, COMMAND_TIMEOUT).context("running skopeo copy")?;
-        if !out.status.success() {
-            bail!(
-                "skopeo copy {} to {}/{repo_and_tag} failed ({}): {}",
-                archive.display(),
-                self.host(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        run_checked(&mut cmd, COMMAND_TIMEOUT)?;
         let digest = fs::read_to_string(digest_file.path())?.trim().to_string();
         if !digest.starts_with("sha256:") {
             bail!("skopeo wrote no digest for {repo_and_tag}: {digest:?}");
@@ -256,8 +242,7 @@ impl TestRegistry {
     /// Kills the registry (SIGKILL), for "registry down" tests. Storage and logs stay.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_wait(&mut child);
         }
     }
 
@@ -375,97 +360,6 @@ impl Drop for TestRegistry {
     }
 }
 
-/// Builds examples/build-busybox-image.sh's archive as DIR/busybox.tar named `reference`.
-pub fn build_busybox_archive(dir: &Path, reference: &str) -> Result<PathBuf> {
-    run_builder(BUSYBOX_SCRIPT, &dir.join("busybox.tar"), reference)
-}
-
-/// Builds tests/fixtures/multiarch-image.sh's archive (an index: linux/<host arch> busybox
-/// plus a one-file image for another platform) as DIR/multiarch.tar named `reference`.
-pub fn build_multiarch_archive(dir: &Path, reference: &str) -> Result<PathBuf> {
-    run_builder(MULTIARCH_SCRIPT, &dir.join("multiarch.tar"), reference)
-}
-
-/// The busybox archive named `podkeeper.local/busybox:latest`, built once per test process
-/// (the name does not matter for pushes: skopeo takes the archive's only image).
-pub fn busybox_archive() -> Result<PathBuf> {
-    cached_fixture(
-        BUSYBOX_SCRIPT,
-        "busybox.tar",
-        "podkeeper.local/busybox:latest",
-    )
-}
-
-/// The multi-arch archive named `podkeeper.local/multiarch:latest`, built once per test process.
-pub fn multiarch_archive() -> Result<PathBuf> {
-    cached_fixture(
-        MULTIARCH_SCRIPT,
-        "multiarch.tar",
-        "podkeeper.local/multiarch:latest",
-    )
-}
-
-const BUSYBOX_SCRIPT: &str = "examples/build-busybox-image.sh";
-const MULTIARCH_SCRIPT: &str = "tests/fixtures/multiarch-image.sh";
-/// Per-process fixture dirs are `<tmp>/<prefix><pid>`.
-const FIXTURE_DIR_PREFIX: &str = "podkeeper-registry-fixtures-";
-
-/// Serializes fixture builds, so concurrent tests wait for one build instead of racing.
-static FIXTURES: Mutex<()> = Mutex::new(());
-
-fn cached_fixture(script: &str, file: &str, reference: &str) -> Result<PathBuf> {
-    let _guard = FIXTURES.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = std::env::temp_dir().join(format!("{FIXTURE_DIR_PREFIX}{}", std::process::id()));
-    let out = dir.join(file);
-    if out.is_file() {
-        return Ok(out);
-    }
-    if !dir.exists() {
-        sweep_stale_fixture_dirs();
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    run_builder(script, &out, reference)
-}
-
-/// Removes fixture dirs left by test processes that no longer exist
-/// (nothing runs at process exit to delete them).
-fn sweep_stale_fixture_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(FIXTURE_DIR_PREFIX))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-fn run_builder(script: &str, out: &Path, reference: &str) -> Result<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script).arg(out).arg(reference);
-    let res = run_with_timeout(cmd, COMMAND_TIMEOUT)
-        .with_context(|| format!("running {}", script.display()))?;
-    if !res.status.success() || !out.is_file() {
-        bail!(
-            "{} {} {reference} failed ({}): {}",
-            script.display(),
-            out.display(),
-            res.status,
-            String::from_utf8_lossy(&res.stderr).trim()
-        );
-    }
-    Ok(out.to_path_buf())
-}
-
 /// The HTTP status of `GET /v2/` on 127.0.0.1:PORT.
 fn probe_v2(port: u16) -> Result<u16> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -498,58 +392,8 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// `preferred` if it exists, else `name` on PATH; the error names the packages to install.
-fn find_tool(name: &str, preferred: &str) -> Result<PathBuf> {
-    let preferred = Path::new(preferred);
-    if preferred.is_file() {
-        return Ok(preferred.to_path_buf());
-    }
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("{name} not found; the registry tests need it: {INSTALL_HINT}"))
-}
-
 /// A YAML double-quoted string for a path.
 fn yaml_str(p: &Path) -> String {
     let s = p.to_string_lossy();
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// Runs `cmd` with stdin closed, capturing stdout and stderr; SIGKILLs it after `timeout`.
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    let waiter = thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(res) => {
-            let _ = waiter.join();
-            Ok(res?)
-        }
-        Err(_) => {
-            // Not reaped yet (the waiter would have sent), so the pid is still ours.
-            if let Ok(pid) = libc::pid_t::try_from(pid) {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-            let _ = waiter.join();
-            Err(anyhow!(
-                "{:?} timed out after {timeout:?}",
-                cmd.get_program()
-            ))
-        }
-    }
 }

@@ -30,7 +30,7 @@ pub fn data_image_archive(out: &Path, reference: &str, size: u64, seed: u64) -> 
     }
     let (layer_digest, layer_size) = file_digest(&layer_path)?;
     let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": podkeeper::runtime::pause::go_arch(),
+        "architecture": podkeeper::images::platform::host().0,
         "os": "linux",
         "config": {"Cmd": ["/data.bin"]},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},

@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256};
 
 use super::client::{rpc, Containerd, RuntimeError};
 use super::content::{hex, Ingest};
+use crate::images::media_types;
+use crate::images::platform::{self, Platform};
 use crate::runtime::pause::{self, Blob};
 use crate::runtime::ImageConfig;
 
@@ -379,7 +381,7 @@ impl Containerd {
             reason,
         };
         let bytes = self.read_blob(&target.digest).await?;
-        if !is_index(&target.media_type) {
+        if !media_types::is_index(&target.media_type) {
             let manifest = ImageManifest::from_reader(&bytes[..])
                 .map_err(|e| bad(format!("unreadable manifest: {e}")))?;
             return Ok(PlatformManifest {
@@ -389,14 +391,26 @@ impl Containerd {
         }
         let index = ImageIndex::from_reader(&bytes[..])
             .map_err(|e| bad(format!("unreadable index: {e}")))?;
-        let arch = pause::go_arch();
-        let candidates = index.manifests().iter().filter(|m| {
-            m.platform().as_ref().is_none_or(|p| {
-                p.os().to_string() == "linux" && p.architecture().to_string() == arch
+        // Candidates whose manifest is not in the content store are skipped:
+        // an import or pull of a multi-platform image stores only some.
+        let (architecture, variant) = platform::host();
+        let described: Vec<(String, Option<Platform>)> = index
+            .manifests()
+            .iter()
+            .map(|m| {
+                (
+                    m.media_type().to_string(),
+                    m.platform().as_ref().map(Platform::from),
+                )
             })
-        });
-        for candidate in candidates {
-            let digest = candidate.digest().to_string();
+            .collect();
+        let candidates = platform::candidates(
+            described.iter().map(|(t, p)| (t.as_str(), p.as_ref())),
+            architecture,
+            variant,
+        );
+        for i in candidates {
+            let digest = index.manifests()[i].digest().to_string();
             if self.content_info(&digest).await?.is_none() {
                 continue;
             }
@@ -405,7 +419,10 @@ impl Containerd {
                 .map_err(|e| bad(format!("unreadable manifest {digest}: {e}")))?;
             return Ok(PlatformManifest { manifest, digest });
         }
-        Err(bad(format!("no manifest for linux/{arch} is present")))
+        Err(bad(format!(
+            "no manifest for {} is present",
+            platform::name("linux", architecture, variant)
+        )))
     }
 
     /// Every image in podkeeper's namespace.
@@ -453,10 +470,6 @@ impl Containerd {
             .map_err(rpc("delete image", name))?;
         Ok(())
     }
-}
-
-fn is_index(media_type: &str) -> bool {
-    media_type.contains("index") || media_type.contains("manifest.list")
 }
 
 fn descriptor(blob: &Blob) -> Descriptor {

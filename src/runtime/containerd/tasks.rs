@@ -1,7 +1,6 @@
 //! Containers and their tasks: create, start, signal, wait, remove, list.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -28,8 +27,9 @@ pub struct NewContainer<'a> {
     pub chain_id: &'a str,
     pub spec: &'a oci_spec::runtime::Spec,
     pub labels: HashMap<String, String>,
-    /// Existing file the task's stdout and stderr are appended to.
-    pub log_file: Option<&'a Path>,
+    /// Where the task's stdout and stderr go: an existing file's path or a
+    /// `binary://` logger URI; `None` discards them.
+    pub log_target: Option<&'a str>,
 }
 
 /// How a task ended.
@@ -99,10 +99,7 @@ impl Containerd {
             .into_inner()
             .mounts;
 
-        let log = new
-            .log_file
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let log = new.log_target.unwrap_or_default().to_string();
         let mut tasks = TasksClient::new(self.channel.clone());
         let request = CreateTaskRequest {
             container_id: new.id.into(),
