@@ -111,9 +111,10 @@ cat <<TEXT
 
 podkeeper is running the pods in examples/manifests.
 
+  curl 127.0.0.1:8080          # the page the sidecar rewrites every second
   $bin get pods --state-dir $work/state
   $bin describe pod web --state-dir $work/state
-  $bin logs web -c client --state-dir $work/state
+  $bin logs web -c writer --state-dir $work/state
   $bin events --state-dir $work/state
   $bin image ls --state-dir $work/state
   curl -s http://$http/pods

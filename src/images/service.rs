@@ -345,6 +345,10 @@ impl BlobSink for ContainerdSink {
                 .await
         });
         let mut buffer = vec![0u8; 1 << 20];
+        // The writer may stop listening early (the blob is already stored):
+        // the rest is still read, because the archive reader expects the
+        // whole entry consumed.
+        let mut listening = true;
         loop {
             let n = match data.read(&mut buffer) {
                 Ok(0) => break,
@@ -354,11 +358,9 @@ impl BlobSink for ContainerdSink {
                     break;
                 }
             };
-            if tx
-                .blocking_send(Ok(Bytes::copy_from_slice(&buffer[..n])))
-                .is_err()
-            {
-                break;
+            if listening {
+                let chunk = Bytes::copy_from_slice(&buffer[..n]);
+                listening = tx.blocking_send(Ok(chunk)).is_ok();
             }
         }
         drop(tx);

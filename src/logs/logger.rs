@@ -77,6 +77,11 @@ pub fn run_logger(argument: &str) -> io::Result<()> {
 /// Records go out in the order their bytes were read; each read's records
 /// are handed over at once, so a reader following the file sees a line as
 /// soon as it is complete.
+///
+/// Across the two streams, "arrival order" is reading order: bytes already
+/// waiting in both pipes when the logger wakes up are taken stdout first,
+/// since nothing tells which of two pipes was written first (containerd's
+/// CRI plugin, with a goroutine per stream, does no better).
 pub(super) fn pump(inputs: [Option<OwnedFd>; 2], mut write: impl FnMut(&[u8])) {
     let mut inputs = inputs.map(|fd| fd.map(File::from));
     let mut splitters = [

@@ -156,6 +156,11 @@ impl PodRuntime for FakeRuntime {
         self.state().calls.push(format!("stop {id}"));
     }
 
+    async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
+        self.state().calls.push(format!("delete-task {id}"));
+        Ok(())
+    }
+
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
         let mut state = self.state();
         state.calls.push(format!("remove {id}"));

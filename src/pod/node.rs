@@ -309,6 +309,10 @@ impl PodRuntime for NodeRuntime {
         }
     }
 
+    async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
+        self.containerd.delete_task(id).await
+    }
+
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
         self.containerd.remove_container(id).await
     }

@@ -86,6 +86,9 @@ pub trait PodRuntime: Send + Sync + 'static {
     /// returns when the task has exited or is gone.
     fn stop_container(&self, id: &str, grace: Duration) -> impl Future<Output = ()> + Send;
 
+    /// Deletes an exited task, keeping the container record.
+    fn delete_task(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
     /// Removes a container's task, record and snapshot; idempotent.
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 

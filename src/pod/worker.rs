@@ -594,6 +594,13 @@ impl<R: PodRuntime> Worker<R> {
                 let stale = container_id == self.sandbox_id && Some(pid) != self.record.sandbox_pid;
                 if !stale {
                     self.on_exit(&container_id, exit_status, exited_at);
+                    if container_id != self.sandbox_id {
+                        // As containerd's CRI plugin does: an exited task
+                        // only holds its shim and log writer.
+                        if let Err(e) = self.ctx.runtime.delete_task(&container_id).await {
+                            warn!(container = %container_id, error = %e, "cannot delete the exited task");
+                        }
+                    }
                 }
             }
             RuntimeEvent::Resubscribed => self.recheck_tasks().await,

@@ -132,6 +132,12 @@ impl Agent {
         )
     }
 
+    /// Kills the agent (SIGKILL, as a crash would) and does not start it
+    /// again; its pods keep running. [`Agent::restart`] brings it back.
+    pub fn kill(&mut self) {
+        kill_and_wait(&mut self.child);
+    }
+
     fn spawn(&self) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -233,6 +233,23 @@ impl Containerd {
         )
     }
 
+    /// Deletes a task that has exited, releasing its shim (and the log
+    /// writer the shim runs, which only sees end-of-file then). The
+    /// container record and its snapshot stay.
+    pub async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let request = DeleteTaskRequest {
+            container_id: id.into(),
+        };
+        ignore_not_found(
+            tasks
+                .delete(self.request(request, None))
+                .await
+                .map(drop)
+                .map_err(rpc("delete task", id)),
+        )
+    }
+
     /// Containers matching a containerd filter (e.g. a label selector).
     pub async fn list_containers(&self, filter: &str) -> Result<Vec<Container>, RuntimeError> {
         let mut containers = ContainersClient::new(self.channel.clone());
