@@ -120,6 +120,23 @@ fn lowest_oom_score_adj() -> i32 {
     current
 }
 
+/// The CNI request for a pod: the same for ADD and DEL.
+fn network_request<'a>(
+    pod: &'a DesiredPod,
+    sandbox_id: &'a str,
+    netns: &'a Path,
+    port_mappings: &'a [PortMapping],
+) -> PodNetworkRequest<'a> {
+    PodNetworkRequest {
+        sandbox_id,
+        netns,
+        pod_name: pod.name(),
+        pod_namespace: pod.namespace(),
+        pod_uid: pod.uid(),
+        port_mappings,
+    }
+}
+
 fn failure(reason: &'static str, message: impl Into<String>) -> SandboxFailure {
     SandboxFailure {
         reason,
@@ -162,14 +179,7 @@ impl PodRuntime for NodeRuntime {
             )
             .map_err(|e| sandbox_failed(format!("creating the network namespace: {e}")))?;
             let sandbox_id = labels::sandbox_id(pod.uid());
-            let request = PodNetworkRequest {
-                sandbox_id: &sandbox_id,
-                netns: &path,
-                pod_name: pod.name(),
-                pod_namespace: pod.namespace(),
-                pod_uid: pod.uid(),
-                port_mappings: &mappings,
-            };
+            let request = network_request(pod, &sandbox_id, &path, &mappings);
             match self.network.setup(&request).await {
                 Ok(network) => facts.pod_ip = network.ips.first().map(|ip| ip.to_string()),
                 Err(e) => {
@@ -227,14 +237,7 @@ impl PodRuntime for NodeRuntime {
             let path = self.netns_path(pod.uid());
             let sandbox_id = labels::sandbox_id(pod.uid());
             let mappings = hostport::port_mappings(&pod.pod);
-            let request = PodNetworkRequest {
-                sandbox_id: &sandbox_id,
-                netns: &path,
-                pod_name: pod.name(),
-                pod_namespace: pod.namespace(),
-                pod_uid: pod.uid(),
-                port_mappings: &mappings,
-            };
+            let request = network_request(pod, &sandbox_id, &path, &mappings);
             if let Err(e) = self.network.teardown(&request).await {
                 warn!(pod = %pod.name(), error = %e, "cannot tear down the pod network");
             }
