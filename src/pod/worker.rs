@@ -580,9 +580,7 @@ impl<R: PodRuntime> Worker<R> {
 
     async fn on_runtime_event(&mut self, event: RuntimeEvent) {
         match event {
-            RuntimeEvent::TaskOom { container_id } => {
-                self.oom_killed.insert(container_id);
-            }
+            RuntimeEvent::TaskOom { container_id } => self.on_oom(container_id),
             RuntimeEvent::TaskExit {
                 container_id,
                 pid,
@@ -604,6 +602,24 @@ impl<R: PodRuntime> Worker<R> {
                 }
             }
             RuntimeEvent::Resubscribed => self.recheck_tasks().await,
+        }
+    }
+
+    /// containerd publishes `/tasks/oom` and `/tasks/exit` in either order:
+    /// an OOM for a container already seen exiting corrects its reason (as
+    /// containerd's CRI plugin does), otherwise it is kept for the exit.
+    fn on_oom(&mut self, container_id: String) {
+        let Some(name) = self.record.ids().remove(&container_id) else {
+            return;
+        };
+        match self.record.container_mut(&name).map(|c| &mut c.state) {
+            Some(RunState::Terminated { reason, .. }) => {
+                *reason = "OOMKilled".into();
+                self.publish();
+            }
+            _ => {
+                self.oom_killed.insert(container_id);
+            }
         }
     }
 
@@ -912,6 +928,22 @@ mod tests {
             .map(|c| c.split("-c-").nth(1).unwrap())
             .collect();
         assert_eq!(order, ["setup-0", "side-0", "last-0", "app-0"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oom_event_after_the_exit_still_marks_the_container_oom_killed() {
+        let manifest = POD.replace("spec:\n", "spec:\n  restartPolicy: Never\n");
+        let h = start_pod(&manifest, &["present:1", "missing:1"]);
+        h.wait_for(&["Running", "Running"]).await;
+        h.exit("a", 0, 137);
+        settle().await;
+        assert_eq!(h.states(), ["Error", "Running"]);
+        let event = RuntimeEvent::TaskOom {
+            container_id: labels::container_id(&h.uid, "a", 0),
+        };
+        h.exits.send(event).unwrap();
+        settle().await;
+        assert_eq!(h.states(), ["OOMKilled", "Running"]);
     }
 
     #[tokio::test(start_paused = true)]
