@@ -271,8 +271,53 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Stops the agent and removes what its pods hold on the host beyond
+    /// the private containerd's directory: their tasks (so runc removes
+    /// their cgroups), the emptied pod cgroups, and the test bridge.
     fn drop(&mut self) {
         kill_and_wait(&mut self.child);
+        let ctr = |args: &[&str]| {
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&self.socket)
+                .args(["--connect-timeout", "2s", "-n", &self.namespace])
+                .args(args)
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for id in ctr(&["tasks", "ls", "-q"]).lines() {
+            ctr(&["tasks", "delete", "--force", id]);
+        }
+        remove_empty_pod_cgroups();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// rmdir of every pod cgroup under the tests' cgroup root; the kernel
+/// refuses those still in use, so other tests' pods are unaffected.
+fn remove_empty_pod_cgroups() {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for controller in controllers.flatten() {
+        let root = controller.path().join(CGROUP_ROOT.trim_start_matches('/'));
+        let qos_dirs = [
+            root.clone(),
+            root.join("burstable"),
+            root.join("besteffort"),
+        ];
+        for dir in qos_dirs {
+            for pod in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if pod.file_name().to_string_lossy().starts_with("pod") {
+                    let _ = std::fs::remove_dir(pod.path());
+                }
+            }
+        }
     }
 }
 
