@@ -3,7 +3,7 @@
 # skipping those already present. Run as root.
 set -euo pipefail
 
-packages=(containerd runc containernetworking-plugins iptables busybox-static protobuf-compiler gcc libc6-dev curl ca-certificates docker-registry skopeo apache2-utils zstd)
+packages=(containerd runc containernetworking-plugins iptables busybox-static protobuf-compiler gcc libc6-dev curl ca-certificates docker-registry skopeo apache2-utils zstd iproute2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

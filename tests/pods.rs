@@ -246,10 +246,11 @@ fn deleting_the_manifest_removes_every_task_container_and_snapshot() {
         removed.elapsed()
     );
     assert!(agent.pod(&pod_name).is_none());
-    assert_eq!(
-        std::fs::read_dir(&agent.logs).unwrap().count(),
-        0,
-        "pod log directory removed"
+    // The worker removes the pod's log directory last.
+    agent.wait_until(
+        "the pod log directory removed",
+        Duration::from_secs(2),
+        || std::fs::read_dir(&agent.logs).map_or(true, |d| d.count() == 0),
     );
 }
 

@@ -229,7 +229,7 @@ fn file_sha256(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(crate::runtime::containerd::content::hex(&hasher.finalize()))
+    Ok(super::digest::hex(&hasher.finalize()))
 }
 
 #[cfg(test)]

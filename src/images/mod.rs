@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod credentials;
+pub mod digest;
 pub mod import_dir;
 pub mod media_types;
 pub mod platform;

@@ -283,6 +283,7 @@ mod tests {
         assert_eq!(e("cost: 5$"), "cost: 5$");
         assert_eq!(e("$(EMPTY)x"), "x");
         assert_eq!(e("$$$(A)"), "$alpha");
+        assert_eq!(e("ü$(A)ü"), "üalphaü");
     }
 
     fn pod(env: &str) -> DesiredPod {

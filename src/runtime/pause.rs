@@ -2,8 +2,7 @@
 //! pause program compiled into this binary, so a node needs no registry to
 //! run pods.
 
-use sha2::{Digest, Sha256};
-
+use crate::images::digest::sha256_digest;
 use crate::images::media_types::{
     MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_MANIFEST,
 };
@@ -41,12 +40,6 @@ pub struct ImageBlobs {
     pub layer: Blob,
     pub config: Blob,
     pub manifest: Blob,
-}
-
-pub fn sha256_digest(data: &[u8]) -> String {
-    let hash = Sha256::digest(data);
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
 }
 
 /// Builds the pause image. Deterministic: the same agent version always

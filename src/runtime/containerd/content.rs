@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::client::{rpc, Containerd, RuntimeError};
+use crate::images::digest::hex;
 
 /// Content writes carry at most this much data per message.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -300,8 +301,4 @@ where
     };
     let _ = tx.send(commit).await;
     Ok(digest)
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

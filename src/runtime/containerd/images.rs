@@ -20,7 +20,8 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use sha2::{Digest, Sha256};
 
 use super::client::{rpc, Containerd, RuntimeError};
-use super::content::{hex, Ingest};
+use super::content::Ingest;
+use crate::images::digest::hex;
 use crate::images::media_types;
 use crate::images::platform::{self, Platform};
 use crate::runtime::pause::{self, Blob};

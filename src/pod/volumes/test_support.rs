@@ -1,0 +1,72 @@
+//! Helpers shared by the volume tests.
+
+use super::*;
+use crate::desired::DesiredPod;
+use k8s_openapi::api::core::v1::Container;
+use oci_spec::runtime::Mount;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// A pod from manifest text: `volumes` is the YAML list under
+/// `spec.volumes` (indented by 2), `mounts` the one under the container's
+/// `volumeMounts` (indented by 4).
+pub(super) fn pod(volumes: &str, mounts: &str) -> DesiredPod {
+    let text = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  labels: {{app: web, tier: \"front\\\"end\"}}\n  annotations: {{note: \"a\\nb\"}}\nspec:\n  volumes:\n{volumes}  containers:\n  - name: app\n    image: busybox:1\n    volumeMounts:\n{mounts}"
+    );
+    crate::manifest::parse::parse_manifest(text.as_bytes(), Path::new("/m/web.yaml"), "node1")
+        .unwrap()
+}
+
+pub(super) fn container(pod: &DesiredPod) -> &Container {
+    &pod.pod.spec.as_ref().unwrap().containers[0]
+}
+
+pub(super) fn host_path(name: &str, path: &Path, typ: &str) -> String {
+    format!(
+        "  - name: {name}\n    hostPath: {{path: \"{}\", type: \"{typ}\"}}\n",
+        path.display()
+    )
+}
+
+pub(super) fn prepare_one(volume: &str, root: &Path) -> Result<PreparedVolumes, VolumeError> {
+    prepare(&pod(volume, "      []\n"), root)
+}
+
+pub(super) fn mounts(
+    volumes: &str,
+    mounts_yaml: &str,
+    root: &Path,
+    privileged: bool,
+    env: &[(&str, &str)],
+) -> Result<Vec<Mount>, VolumeError> {
+    let p = pod(volumes, mounts_yaml);
+    let prepared = prepare(&p, root).unwrap();
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    container_mounts(
+        &prepared,
+        container(&p),
+        "spec.containers",
+        privileged,
+        &env,
+    )
+}
+
+pub(super) fn options(mount: &Mount) -> Vec<String> {
+    mount.options().clone().unwrap()
+}
+
+pub(super) fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+pub(super) fn some_block_device() -> Option<PathBuf> {
+    fs::read_dir("/dev").ok()?.flatten().find_map(|e| {
+        let is_block = e.file_type().ok()?.is_block_device();
+        is_block.then(|| e.path())
+    })
+}
