@@ -1,0 +1,436 @@
+//! One pod's worker: brings up the sandbox and the pod's containers, each
+//! container on its own (one waiting for its image does not hold back the
+//! others), follows their exits, and tears everything down when the pod is
+//! no longer desired.
+//!
+//! The loop is "decide, act, wait": [`plan`] says what is due, the worker
+//! does it through the [`PodRuntime`] seam, then sleeps until the plan's
+//! next deadline, a containerd event, an image arrival or the stop signal.
+//! A worker owns its pod's state outright (no locks) and is the only writer
+//! of its status. Starting containers (image, spec, mounts, limits, log
+//! target) lives in [`start`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Container;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+mod start;
+
+use super::plan::plan;
+use super::runtime::{PodRuntime, SandboxEnvironment};
+use super::state::{ContainerRecord, PodRecord, RunState};
+use crate::desired::DesiredPod;
+use crate::runtime::containerd::events::RuntimeEvent;
+use crate::runtime::containerd::tasks::{NewContainer, TaskState};
+use crate::runtime::spec::SandboxInputs;
+use crate::runtime::{cgroups, labels, resources, spec};
+use crate::status::events::{EventType, ObjectRef, Recorder};
+use crate::status::store::StatusStore;
+
+/// How long the pause process gets to exit on SIGTERM before SIGKILL.
+const SANDBOX_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every worker shares.
+pub struct WorkerContext<R> {
+    pub runtime: Arc<R>,
+    pub status: Arc<StatusStore>,
+    pub recorder: Recorder,
+    pub pod_log_dir: PathBuf,
+}
+
+/// Why one container could not be started.
+struct StartFailure {
+    /// Waiting reason, e.g. `ErrImagePull`, `CreateContainerError`.
+    reason: &'static str,
+    message: String,
+}
+
+/// A container that was started.
+struct Started {
+    id: String,
+    image_id: String,
+    at: jiff::Timestamp,
+}
+
+pub struct Worker<R> {
+    ctx: Arc<WorkerContext<R>>,
+    pod: Arc<DesiredPod>,
+    record: PodRecord,
+    sandbox_id: String,
+    /// What the running sandbox stands on; set once it runs.
+    environment: Option<SandboxEnvironment>,
+    /// Containers the OOM killer hit during their current run.
+    oom_killed: std::collections::HashSet<String>,
+    events: mpsc::UnboundedReceiver<RuntimeEvent>,
+    arrivals: watch::Receiver<u64>,
+    stop: oneshot::Receiver<()>,
+}
+
+impl<R: PodRuntime> Worker<R> {
+    pub fn new(
+        ctx: Arc<WorkerContext<R>>,
+        pod: Arc<DesiredPod>,
+        events: mpsc::UnboundedReceiver<RuntimeEvent>,
+        stop: oneshot::Receiver<()>,
+    ) -> Worker<R> {
+        let spec = pod.pod.spec.clone().unwrap_or_default();
+        let inits = spec.init_containers.clone().unwrap_or_default();
+        // The kubelet's waiting reason while init containers run.
+        let initial = if inits.is_empty() {
+            RunState::creating()
+        } else {
+            RunState::Waiting {
+                reason: "PodInitializing".into(),
+                message: String::new(),
+            }
+        };
+        let record_of = |c: &Container| {
+            let image = c.image.clone().unwrap_or_default();
+            ContainerRecord {
+                sidecar: c.restart_policy.as_deref() == Some("Always"),
+                ..ContainerRecord::new(c.name.clone(), image, initial.clone())
+            }
+        };
+        let record = PodRecord {
+            restart_policy: spec
+                .restart_policy
+                .clone()
+                .unwrap_or_else(|| "Always".into()),
+            host_ip: None,
+            pod_ip: None,
+            qos: None,
+            start_time: None,
+            sandbox_pid: None,
+            sandbox_retry: Default::default(),
+            init_containers: inits.iter().map(record_of).collect(),
+            containers: spec.containers.iter().map(record_of).collect(),
+        };
+        Worker {
+            sandbox_id: labels::sandbox_id(pod.uid()),
+            environment: None,
+            arrivals: ctx.runtime.image_arrivals(),
+            ctx,
+            pod,
+            record,
+            oom_killed: Default::default(),
+            events,
+            stop,
+        }
+    }
+
+    /// Runs the pod until it is told to stop, then removes it.
+    pub async fn run(mut self) {
+        self.publish();
+        self.ctx.runtime.remove_pod(self.pod.uid()).await;
+        self.ctx.runtime.release_sandbox(&self.pod).await;
+        loop {
+            let now = Instant::now();
+            let plan = plan(&self.record, now);
+            if plan.create_sandbox {
+                self.create_sandbox().await;
+                self.publish();
+                continue;
+            }
+            for name in &plan.show_pull_backoff {
+                self.show_pull_backoff(name);
+            }
+            if !plan.start.is_empty() {
+                self.start_containers(&plan.start).await;
+            }
+            if !plan.show_pull_backoff.is_empty() || !plan.start.is_empty() {
+                self.publish();
+                continue;
+            }
+            let far = now + Duration::from_secs(86400);
+            tokio::select! {
+                _ = &mut self.stop => break,
+                event = self.events.recv() => match event {
+                    Some(event) => self.on_runtime_event(event).await,
+                    None => break,
+                },
+                Ok(()) = self.arrivals.changed() => self.retry_image_waits(),
+                _ = tokio::time::sleep_until(plan.wake_at.unwrap_or(far)) => {}
+            }
+        }
+        self.stop_pod().await;
+        self.ctx.status.remove(self.pod.uid());
+        info!(pod = %self.pod.name(), uid = %self.pod.uid(), "pod removed");
+    }
+
+    /// A container of the pod by name, and whether it is an init container.
+    fn container_spec(&self, name: &str) -> Option<(Container, bool)> {
+        let spec = self.pod.pod.spec.as_ref()?;
+        let init = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == name);
+        match init {
+            Some(c) => Some((c.clone(), true)),
+            None => spec
+                .containers
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| (c.clone(), false)),
+        }
+    }
+
+    fn publish(&self) {
+        self.ctx.status.set(self.pod.uid(), self.record.to_status());
+    }
+
+    /// Prepares what the sandbox stands on (cgroup, volumes, network,
+    /// files), then runs the pause container in the pod's network
+    /// namespace. A failure undoes the preparation and backs off.
+    async fn create_sandbox(&mut self) {
+        let runtime = &self.ctx.runtime;
+        let environment = match runtime.prepare_sandbox(&self.pod).await {
+            Ok(environment) => environment,
+            Err(failure) => {
+                runtime.release_sandbox(&self.pod).await;
+                let wait = self.record.sandbox_retry.failed(Instant::now());
+                warn!(pod = %self.pod.name(), file = %self.pod.source.display(), reason = failure.reason, "cannot prepare the pod: {}; retrying in {wait:?}", failure.message);
+                let message = match failure.reason {
+                    "FailedMount" => failure.message,
+                    _ => format!("Failed to create pod sandbox: {}", failure.message),
+                };
+                self.record_pod_event(EventType::Warning, failure.reason, &message);
+                return;
+            }
+        };
+        for (reason, message) in &environment.warnings {
+            self.record_pod_event(EventType::Warning, reason, message);
+        }
+        let image = runtime.sandbox_image().clone();
+        let inputs = SandboxInputs {
+            cgroup_path: cgroups::container_cgroup_path(
+                &environment.cgroup_parent,
+                &self.sandbox_id,
+            ),
+            netns: environment.netns.clone(),
+            resources: Some(sandbox_resources()),
+            oom_score_adj: Some(
+                resources::SANDBOX_OOM_SCORE_ADJ.max(environment.min_oom_score_adj),
+            ),
+        };
+        let result = match spec::sandbox_spec(&self.pod, &image.config, &inputs) {
+            Ok(oci) => {
+                let new = NewContainer {
+                    id: &self.sandbox_id,
+                    image: &image.name,
+                    chain_id: &image.chain_id,
+                    spec: &oci,
+                    labels: labels::for_container(&self.pod, labels::SANDBOX_NAME),
+                    log_target: None,
+                };
+                runtime.run_container(new).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(pid) => {
+                self.record.sandbox_pid = Some(pid);
+                self.record.start_time = Some(jiff::Timestamp::now());
+                self.record.pod_ip = environment.facts.pod_ip.clone();
+                self.record.host_ip = environment.facts.host_ip.clone();
+                self.record.qos = Some(environment.qos.as_str());
+                self.environment = Some(environment);
+            }
+            Err(message) => {
+                let _ = runtime.remove_container(&self.sandbox_id).await;
+                runtime.release_sandbox(&self.pod).await;
+                let wait = self.record.sandbox_retry.failed(Instant::now());
+                warn!(pod = %self.pod.name(), file = %self.pod.source.display(), "cannot create the pod sandbox: {message}; retrying in {wait:?}");
+                self.record_pod_event(
+                    EventType::Warning,
+                    "FailedCreatePodSandBox",
+                    &format!("Failed to create pod sandbox: {message}"),
+                );
+            }
+        }
+    }
+
+    fn pod_log_dir(&self) -> PathBuf {
+        pod_log_dir(&self.ctx.pod_log_dir, &self.pod)
+    }
+
+    async fn on_runtime_event(&mut self, event: RuntimeEvent) {
+        match event {
+            RuntimeEvent::TaskOom { container_id } => self.on_oom(container_id),
+            RuntimeEvent::TaskExit {
+                container_id,
+                pid,
+                exit_status,
+                exited_at,
+            } => {
+                // The sandbox ID is reused across runs: ignore the exit of
+                // an earlier run's pause process.
+                let stale = container_id == self.sandbox_id && Some(pid) != self.record.sandbox_pid;
+                if !stale {
+                    self.on_exit(&container_id, exit_status, exited_at);
+                    if container_id != self.sandbox_id {
+                        // As containerd's CRI plugin does: an exited task
+                        // only holds its shim and log writer.
+                        if let Err(e) = self.ctx.runtime.delete_task(&container_id).await {
+                            warn!(container = %container_id, error = %e, "cannot delete the exited task");
+                        }
+                    }
+                }
+            }
+            RuntimeEvent::Resubscribed => self.recheck_tasks().await,
+        }
+    }
+
+    /// containerd publishes `/tasks/oom` and `/tasks/exit` in either order:
+    /// an OOM for a container already seen exiting corrects its reason (as
+    /// containerd's CRI plugin does), otherwise it is kept for the exit.
+    fn on_oom(&mut self, container_id: String) {
+        let Some(name) = self.record.ids().remove(&container_id) else {
+            return;
+        };
+        match self.record.container_mut(&name).map(|c| &mut c.state) {
+            Some(RunState::Terminated { reason, .. }) => {
+                *reason = "OOMKilled".into();
+                self.publish();
+            }
+            _ => {
+                self.oom_killed.insert(container_id);
+            }
+        }
+    }
+
+    fn on_exit(
+        &mut self,
+        container_id: &str,
+        exit_status: u32,
+        exited_at: Option<jiff::Timestamp>,
+    ) {
+        if container_id == self.sandbox_id {
+            warn!(pod = %self.pod.name(), exit_status, "the pod sandbox exited");
+            self.publish();
+            return;
+        }
+        let oom = self.oom_killed.remove(container_id);
+        let Some(name) = self.record.ids().remove(container_id) else {
+            return;
+        };
+        let Some(record) = self.record.container_mut(&name) else {
+            return;
+        };
+        let started_at = match record.state {
+            RunState::Running { started_at } => Some(started_at),
+            _ => None,
+        };
+        record.state = RunState::exited(exit_status, oom, started_at, exited_at);
+        info!(pod = %self.pod.name(), container = %name, exit_status, "container exited");
+        let is_init = self.record.init_containers.iter().any(|c| c.name == name);
+        let never = self.record.restart_policy == "Never";
+        if let Some(record) = self.record.container_mut(&name) {
+            // A failed init container, or a sidecar that stopped, is tried
+            // again after a back-off (app container restarts come with the
+            // lifecycle work).
+            if is_init && (record.sidecar || (record.failed() && !never)) {
+                record.retry.failed(Instant::now());
+            }
+        }
+        self.publish();
+    }
+
+    /// After the event stream was re-established: exits may have been
+    /// missed, so ask containerd about every container believed running.
+    async fn recheck_tasks(&mut self) {
+        let running: Vec<String> = self
+            .record
+            .init_containers
+            .iter()
+            .chain(&self.record.containers)
+            .filter(|c| c.is_running())
+            .filter_map(|c| c.container_id.clone())
+            .collect();
+        for id in running {
+            match self.ctx.runtime.task_state(&id).await {
+                Ok(TaskState::Stopped(exit)) => self.on_exit(&id, exit.exit_status, exit.exited_at),
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => self.on_exit(&id, 255, None),
+                Err(e) => warn!(pod = %self.pod.name(), error = %e, "cannot check container"),
+            }
+        }
+    }
+
+    /// Stops the containers (in parallel, SIGTERM then SIGKILL after the
+    /// grace period), then the sandbox, and removes every object of the pod.
+    async fn stop_pod(&mut self) {
+        let grace = self
+            .pod
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(crate::manifest::parse::DEFAULT_GRACE_PERIOD_SECONDS)
+            .max(0) as u64;
+        // App containers first, then sidecars and a running init container,
+        // as the kubelet orders termination.
+        let runtime = &self.ctx.runtime;
+        for (list, init) in [
+            (&self.record.containers, false),
+            (&self.record.init_containers, true),
+        ] {
+            let running: Vec<(&str, &str)> = list
+                .iter()
+                .filter(|c| c.is_running())
+                .filter_map(|c| Some((c.name.as_str(), c.container_id.as_deref()?)))
+                .collect();
+            let stops = running.iter().map(|(name, id)| {
+                self.ctx.recorder.record(
+                    ObjectRef::container(&self.pod, name, init),
+                    EventType::Normal,
+                    "Killing",
+                    format!("Stopping container {name}"),
+                );
+                runtime.stop_container(id, Duration::from_secs(grace))
+            });
+            futures::future::join_all(stops).await;
+        }
+        if self.record.sandbox_pid.is_some() {
+            runtime
+                .stop_container(&self.sandbox_id, SANDBOX_STOP_TIMEOUT)
+                .await;
+        }
+        runtime.remove_pod(self.pod.uid()).await;
+        runtime.release_sandbox(&self.pod).await;
+        if let Err(e) = std::fs::remove_dir_all(self.pod_log_dir()) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(pod = %self.pod.name(), error = %e, "cannot remove the pod's log directory");
+            }
+        }
+    }
+
+    fn record_pod_event(&self, event_type: EventType, reason: &str, message: &str) {
+        self.ctx
+            .recorder
+            .record(ObjectRef::pod(&self.pod), event_type, reason, message);
+    }
+}
+
+/// The pause container's limits: cpu shares 2, as containerd's CRI plugin
+/// gives every sandbox.
+fn sandbox_resources() -> oci_spec::runtime::LinuxResources {
+    let mut cpu = oci_spec::runtime::LinuxCpu::default();
+    cpu.set_shares(Some(resources::SANDBOX_CPU_SHARES));
+    let mut limits = oci_spec::runtime::LinuxResources::default();
+    limits.set_cpu(Some(cpu));
+    limits
+}
+
+/// The kubelet's per-pod log directory.
+pub fn pod_log_dir(root: &std::path::Path, pod: &DesiredPod) -> PathBuf {
+    root.join(format!("{}_{}_{}", pod.namespace(), pod.name(), pod.uid()))
+}
+
+#[cfg(test)]
+mod tests;
