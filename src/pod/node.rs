@@ -233,9 +233,13 @@ impl PodRuntime for NodeRuntime {
 
     async fn release_sandbox(&self, pod: &DesiredPod) {
         let spec = pod.pod.spec.clone().unwrap_or_default();
-        if !spec.host_network.unwrap_or(false) {
-            let path = self.netns_path(pod.uid());
-            let sandbox_id = labels::sandbox_id(pod.uid());
+        let path = self.netns_path(pod.uid());
+        let sandbox_id = labels::sandbox_id(pod.uid());
+        // Nothing to undo for a pod that never got a network (the usual case
+        // when a worker starts): running the CNI DEL chain would cost
+        // several plugin processes per pod start.
+        let has_network = path.exists() || self.network.has_result(&sandbox_id);
+        if !spec.host_network.unwrap_or(false) && has_network {
             let mappings = hostport::port_mappings(&pod.pod);
             let request = network_request(pod, &sandbox_id, &path, &mappings);
             if let Err(e) = self.network.teardown(&request).await {

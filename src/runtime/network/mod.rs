@@ -549,6 +549,19 @@ impl Network {
     fn results_dir(&self) -> PathBuf {
         self.settings.cni_state_dir().join("results")
     }
+
+    /// Whether a sandbox has a cached ADD result, i.e. something for
+    /// [`Network::teardown`] to undo; lets callers skip running the DEL
+    /// chain for sandboxes that never got a network.
+    pub fn has_result(&self, sandbox_id: &str) -> bool {
+        cache::path(
+            &self.results_dir(),
+            &self.list.name,
+            sandbox_id,
+            POD_INTERFACE,
+        )
+        .exists()
+    }
 }
 
 /// The sandbox ID becomes part of file names and iptables comments: refuse
