@@ -67,38 +67,27 @@ impl Harness {
     }
 
     fn init_states(&self) -> Vec<String> {
-        let Some(status) = self.status.get(&self.uid) else {
-            return vec![];
-        };
-        status
-            .init_container_statuses
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .map(|c| state_word(c.state.clone().unwrap_or_default()))
-            .collect()
+        self.words(|s| s.init_container_statuses.clone())
     }
 
     /// The state word of each container: Running, or the waiting/terminated reason.
     fn states(&self) -> Vec<String> {
+        self.words(|s| s.container_statuses.clone())
+    }
+
+    fn words(
+        &self,
+        pick: impl Fn(
+            &k8s_openapi::api::core::v1::PodStatus,
+        ) -> Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>,
+    ) -> Vec<String> {
         let Some(status) = self.status.get(&self.uid) else {
             return vec![];
         };
-        status
-            .container_statuses
-            .clone()
+        pick(&status)
             .unwrap_or_default()
-            .iter()
-            .map(|c| {
-                let s = c.state.clone().unwrap_or_default();
-                if s.running.is_some() {
-                    "Running".to_string()
-                } else if let Some(w) = s.waiting {
-                    w.reason.unwrap_or_default()
-                } else {
-                    s.terminated.and_then(|t| t.reason).unwrap_or_default()
-                }
-            })
+            .into_iter()
+            .map(|c| state_word(c.state.unwrap_or_default()))
             .collect()
     }
 
