@@ -57,7 +57,10 @@ impl DirWatch {
     fn start_watch(&self) -> Option<notify::RecommendedWatcher> {
         let poke = self.poke_tx.clone();
         let handler = move |result: notify::Result<notify::Event>| {
-            if result.is_ok() {
+            // notify also reports opens (IN_OPEN): the caller's own re-read
+            // would wake it again, a re-read every SETTLE forever. Only
+            // changes count, a writer closing its file among them.
+            if result.is_ok_and(|event| is_change(&event.kind)) {
                 // A full channel already holds a pending poke.
                 let _ = poke.try_send(());
             }
@@ -67,5 +70,44 @@ impl DirWatch {
             .watch(&self.dir, notify::RecursiveMode::NonRecursive)
             .ok()?;
         Some(watcher)
+    }
+}
+
+/// Whether an event can mean the directory's content changed: anything but
+/// an open or a read.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading the directory (as every caller does when woken) must not
+    /// wake the watch again; changing it must.
+    #[tokio::test]
+    async fn only_changes_wake_the_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "a").unwrap();
+        let mut watch = DirWatch::new(dir.path().into(), Duration::from_secs(3600));
+        watch.next(None).await;
+        let woken_early = |deadline: Instant| Instant::now() < deadline;
+        for _ in 0..3 {
+            std::fs::read_dir(dir.path()).unwrap().for_each(drop);
+            std::fs::read(&file).unwrap();
+            let deadline = Instant::now() + Duration::from_millis(400);
+            watch.next(Some(deadline)).await;
+            assert!(!woken_early(deadline), "a read woke the watch");
+        }
+        std::fs::write(&file, "b").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        watch.next(Some(deadline)).await;
+        assert!(woken_early(deadline), "a write did not wake the watch");
     }
 }

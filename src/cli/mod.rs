@@ -25,8 +25,10 @@ pub struct ClientFlags {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum GetWhat {
-    /// List pods
+    /// List pods, or show one (the short name without -<node> works)
     Pods {
+        /// Only this pod
+        name: Option<String>,
         /// Output format
         #[arg(long, short = 'o', value_enum)]
         output: Option<Output>,
@@ -62,19 +64,41 @@ pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
-/// `podkeeper get pods`.
+/// `podkeeper get pods [NAME]`.
 pub async fn get(flags: &ClientFlags, what: &GetWhat) -> anyhow::Result<()> {
-    let GetWhat::Pods { output } = what;
+    let GetWhat::Pods { name, output } = what;
     let mut client = connect(flags).await?;
-    let request = proto::ListPodsRequest {
-        namespace: flags.namespace.clone().unwrap_or_default(),
+    let pods = match name {
+        // The agent resolves the short name, as for `describe`.
+        Some(name) => {
+            let request = proto::GetPodRequest {
+                namespace: flags.namespace.clone().unwrap_or_else(|| "default".into()),
+                name: name.clone(),
+            };
+            vec![client
+                .get_pod(request)
+                .await
+                .map_err(rpc_error)?
+                .into_inner()]
+        }
+        None => {
+            let request = proto::ListPodsRequest {
+                namespace: flags.namespace.clone().unwrap_or_default(),
+            };
+            client
+                .list_pods(request)
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .pods
+        }
     };
-    let pods = client
-        .list_pods(request)
-        .await
-        .map_err(rpc_error)?
-        .into_inner()
-        .pods;
+    if let (Some(Output::Json), Some(pod)) = (output, name.as_ref().and(pods.first())) {
+        // One named pod prints as the object itself, as kubectl does.
+        let pod: serde_json::Value = serde_json::from_str(&pod.pod_json)?;
+        println!("{}", serde_json::to_string_pretty(&pod)?);
+        return Ok(());
+    }
     if let Some(Output::Json) = output {
         let items: Vec<serde_json::Value> = pods
             .iter()

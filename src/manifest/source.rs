@@ -37,9 +37,12 @@ pub struct ManifestSource {
     writer: DesiredWriter,
     recorder: Recorder,
     files: BTreeMap<PathBuf, FileRecord>,
-    /// Entries already reported as ignored, so each is logged once.
+    /// Ignored entries present at the last pass, already logged: each is
+    /// logged once while it stays (not on every re-list), and forgotten
+    /// when it goes so editors' ever-new temporary names do not pile up.
     ignored: HashSet<PathBuf>,
-    /// Duplicate pods already reported, so each is reported once.
+    /// Files whose pod lost a duplicate name at the last pass, already
+    /// reported: reported again only after the conflict went away.
     duplicates: HashSet<PathBuf>,
     dir_missing_reported: bool,
 }
@@ -102,17 +105,20 @@ impl ManifestSource {
             }
         };
         let mut manifests = Vec::new();
+        let mut ignored = HashSet::new();
         for entry in entries.flatten() {
             let path = entry.path();
             match classify(&path) {
                 Entry::Manifest => manifests.push(path),
                 Entry::Ignored(why) => {
-                    if self.ignored.insert(path.clone()) {
+                    if !self.ignored.contains(&path) {
                         info!(file = %path.display(), "ignoring {why}");
                     }
+                    ignored.insert(path);
                 }
             }
         }
+        self.ignored = ignored;
         manifests.sort();
         manifests
     }
@@ -120,7 +126,12 @@ impl ManifestSource {
     fn read_file(&mut self, path: &Path) {
         let content = match read_limited(path) {
             Ok(content) => content,
-            Err(message) => return self.set_error(path, Vec::new(), message),
+            // Removed since the listing: the same as not listed, no error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.files.remove(path);
+                return;
+            }
+            Err(e) => return self.set_error(path, Vec::new(), e.to_string()),
         };
         let record = self.files.entry(path.to_path_buf()).or_default();
         if record.content == content && (record.last_good.is_some() || record.error.is_some()) {
@@ -181,6 +192,7 @@ impl ManifestSource {
     /// two define the same namespace/name, as the kubelet does.
     fn desired_set(&mut self) -> DesiredSet {
         let mut by_name: HashMap<(String, String), PathBuf> = HashMap::new();
+        let mut duplicates = HashSet::new();
         let mut set = DesiredSet::new();
         for (path, record) in &self.files {
             let Some(pod) = &record.last_good else {
@@ -188,7 +200,8 @@ impl ManifestSource {
             };
             let key = (pod.namespace().to_string(), pod.name().to_string());
             if let Some(first) = by_name.get(&key) {
-                if self.duplicates.insert(path.clone()) {
+                duplicates.insert(path.clone());
+                if !self.duplicates.contains(path) {
                     let message = format!(
                         "Error validating pod {} from {} due to duplicate pod name {:?}, ignoring (already defined by {})",
                         pod.name(), path.display(), pod.name(), first.display()
@@ -203,10 +216,10 @@ impl ManifestSource {
                 }
                 continue;
             }
-            self.duplicates.remove(path);
             by_name.insert(key, path.clone());
             set.insert(pod.uid().to_string(), pod.clone());
         }
+        self.duplicates = duplicates;
         set
     }
 }
@@ -243,17 +256,23 @@ fn classify(path: &Path) -> Entry {
     }
 }
 
-/// Reads at most the kubelet's manifest size limit.
-fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+/// Reads at most the kubelet's manifest size limit; a larger file is an
+/// `InvalidData` error whose text is the one reported.
+fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    let cannot_read =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot read: {e}"));
+    let file = std::fs::File::open(path).map_err(cannot_read)?;
     let mut content = Vec::new();
     file.take(MAX_MANIFEST_BYTES + 1)
         .read_to_end(&mut content)
-        .map_err(|e| format!("cannot read: {e}"))?;
+        .map_err(cannot_read)?;
     if content.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(format!(
-            "larger than the {} MiB manifest limit",
-            MAX_MANIFEST_BYTES >> 20
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than the {} MiB manifest limit",
+                MAX_MANIFEST_BYTES >> 20
+            ),
         ));
     }
     Ok(content)
@@ -267,8 +286,19 @@ mod tests {
     const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: NAME\nspec:\n  containers:\n  - name: c\n    image: busybox:1\n";
 
     fn source(dir: &Path) -> (ManifestSource, desired::DesiredReader) {
+        let (source, reader, _events) = source_with_events(dir);
+        (source, reader)
+    }
+
+    fn source_with_events(
+        dir: &Path,
+    ) -> (
+        ManifestSource,
+        desired::DesiredReader,
+        tokio::sync::mpsc::Receiver<crate::status::events::Occurrence>,
+    ) {
         let (writer, reader) = desired::channel();
-        let (recorder, _store) = crate::status::events::test_recorder();
+        let (recorder, events) = crate::status::events::test_recorder();
         let source = ManifestSource::new(
             dir.into(),
             "node1".into(),
@@ -276,7 +306,16 @@ mod tests {
             writer,
             recorder,
         );
-        (source, reader)
+        (source, reader, events)
+    }
+
+    /// The reasons of the events recorded since the last call.
+    fn reasons(
+        events: &mut tokio::sync::mpsc::Receiver<crate::status::events::Occurrence>,
+    ) -> Vec<String> {
+        std::iter::from_fn(|| events.try_recv().ok())
+            .map(|o| o.reason)
+            .collect()
     }
 
     fn names(reader: &desired::DesiredReader) -> Vec<String> {
@@ -374,6 +413,71 @@ mod tests {
         let (mut source, reader) = source(Path::new("/nonexistent/podkeeper-manifests"));
         source.sync();
         assert!(reader.snapshot().synced);
+        assert!(reader.snapshot().pods.is_empty());
+    }
+
+    #[test]
+    fn ignored_entries_are_remembered_only_while_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join("web.yaml~");
+        std::fs::write(&backup, POD.replace("NAME", "web")).unwrap();
+        let (mut source, _reader) = source(dir.path());
+        source.sync();
+        source.sync();
+        assert!(source.ignored.contains(&backup));
+        std::fs::remove_file(&backup).unwrap();
+        source.sync();
+        assert!(source.ignored.is_empty());
+    }
+
+    #[test]
+    fn a_broken_file_is_reported_once_until_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yaml");
+        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
+        let (mut source, _reader, mut events) = source_with_events(dir.path());
+        source.sync();
+        std::fs::write(&path, "apiVersion: v1\nkind: Pod\nmetadata: [").unwrap();
+        source.sync();
+        source.sync();
+        assert_eq!(reasons(&mut events), ["FailedParse"]);
+        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
+        source.sync();
+        assert_eq!(reasons(&mut events), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_duplicate_is_reported_once_and_again_after_the_conflict_went_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let second = dir.path().join("b.yaml");
+        std::fs::write(dir.path().join("a.yaml"), POD.replace("NAME", "web")).unwrap();
+        let other = POD.replace("NAME", "web").replace("busybox:1", "busybox:2");
+        std::fs::write(&second, &other).unwrap();
+        let (mut source, reader, mut events) = source_with_events(dir.path());
+        source.sync();
+        source.sync();
+        assert_eq!(reasons(&mut events), ["FailedValidation"]);
+        std::fs::write(&second, POD.replace("NAME", "other")).unwrap();
+        source.sync();
+        assert_eq!(names(&reader), ["other-node1", "web-node1"]);
+        std::fs::write(&second, &other).unwrap();
+        source.sync();
+        assert_eq!(reasons(&mut events), ["FailedValidation"]);
+        assert_eq!(names(&reader), ["web-node1"]);
+    }
+
+    #[test]
+    fn a_file_removed_between_listing_and_reading_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yaml");
+        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
+        let (mut source, reader, mut events) = source_with_events(dir.path());
+        source.sync();
+        std::fs::remove_file(&path).unwrap();
+        source.read_file(&path);
+        assert!(source.files.is_empty());
+        assert_eq!(reasons(&mut events), Vec::<String>::new());
+        source.sync();
         assert!(reader.snapshot().pods.is_empty());
     }
 }

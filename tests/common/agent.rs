@@ -113,8 +113,15 @@ impl Agent {
     /// Kills the agent (SIGKILL, as a crash would) and starts it again with
     /// the same directories; returns once it answers.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_with_flags(&[])
+    }
+
+    /// Like [`Agent::restart`], with `flags` added to the usual command line
+    /// (a short `--manifest-resync-seconds`, say); a later
+    /// [`Agent::restart`] drops them again.
+    pub fn restart_with_flags(&mut self, flags: &[&str]) -> anyhow::Result<()> {
         kill_and_wait(&mut self.child);
-        self.child = self.spawn()?;
+        self.child = self.spawn(flags)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.get("/healthz").is_ok() {
@@ -138,7 +145,7 @@ impl Agent {
         kill_and_wait(&mut self.child);
     }
 
-    fn spawn(&self) -> anyhow::Result<Child> {
+    fn spawn(&self, extra_flags: &[&str]) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -167,6 +174,7 @@ impl Agent {
             .args(["--cni-default-bridge", &self.bridge])
             .args(["--cni-default-subnet", &self.subnet])
             .args(["--cgroup-root", CGROUP_ROOT])
+            .args(extra_flags)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -267,6 +275,37 @@ impl Agent {
             "timed out after {timeout:?} waiting for {what}\nagent log:\n{}",
             self.log()
         );
+    }
+
+    /// Sends SIGTERM, as a service manager stops the agent, and waits up to
+    /// `timeout` for it to exit; returns its exit status and how long it
+    /// took.
+    pub fn terminate(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "the agent had already exited with {status}:\n{}",
+                self.log()
+            );
+        }
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        let sent = Instant::now();
+        // SAFETY: kill(2) on our own child, which is not reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        while sent.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok((status, sent.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "the agent did not exit within {timeout:?} of SIGTERM:\n{}",
+            self.log()
+        )
     }
 }
 
