@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
@@ -24,29 +26,55 @@ use crate::manifest::source::ManifestSource;
 use crate::pod::node::{NodeRuntime, NodeSettings};
 use crate::pod::worker::WorkerContext;
 use crate::pod::workers::Workers;
+use crate::runtime::containerd::events::Link;
 use crate::runtime::containerd::images::ResolvedImage;
-use crate::runtime::containerd::Containerd;
+use crate::runtime::containerd::{Containerd, RuntimeError};
 use crate::runtime::network::{Network, NetworkSettings};
-use crate::status::events::EventLog;
+use crate::status::events::{EventLog, EventType, ObjectRef, Recorder};
 use crate::status::store::StatusStore;
+
+/// Longest wait between attempts to reach containerd at start-up.
+const MAX_CONNECT_DELAY: Duration = Duration::from_secs(2);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let mut stop = StopSignal::install()?;
+    tokio::select! {
+        started = start(&settings) => started?,
+        () = stop.recv() => {
+            info!("stopped during start-up");
+            return Ok(());
+        }
+    }
+    stop.recv().await;
+    info!("stopping; the pods keep running under containerd");
+    Ok(())
+}
+
+/// Starts every part of the agent in dependency order and returns once they
+/// run in the background.
+async fn start(settings: &Settings) -> anyhow::Result<()> {
     info!(version = crate::VERSION, node = %settings.node_name, manifests = %settings.manifest_dir.display(), "podkeeper starting");
     create_dir(&settings.state_dir, 0o700)?;
     create_dir(&settings.pod_log_dir, 0o755)?;
 
-    let runtime = connect(&settings).await?;
+    let (recorder, event_log) = EventLog::start(settings.node_name.clone());
+    let (runtime, sandbox_image) = connect(settings, &recorder).await?;
     let (runtime_events_tx, runtime_events_rx) = mpsc::channel(1024);
     let events_runtime = runtime.clone();
-    tokio::spawn(async move { events_runtime.forward_events(runtime_events_tx).await });
-    let sandbox_image = sandbox_image(&runtime, &settings).await?;
+    let link_recorder = recorder.clone();
+    let node = settings.node_name.clone();
+    tokio::spawn(async move {
+        let on_link = move |link| record_link(&link_recorder, &node, link);
+        events_runtime
+            .forward_events(runtime_events_tx, on_link)
+            .await
+    });
     let credentials = Credentials::load(&settings.registry_config)
         .with_context(|| format!("registry-config {}", settings.registry_config.display()))?;
     let registry = RegistryClient::new(credentials, settings.insecure_registries.clone());
     let images = Arc::new(ImageService::new(runtime.clone(), registry));
 
-    let (recorder, event_log) = EventLog::start(settings.node_name.clone());
     let status = Arc::new(StatusStore::default());
     let (desired_writer, desired_reader) = desired::channel();
 
@@ -115,38 +143,68 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     tokio::spawn(Workers::new(context).run(desired_reader, runtime_events_rx));
     info!(http = %settings.http_listen, api = %settings.api_socket().display(), "podkeeper running");
-
-    wait_for_stop_signal().await?;
-    info!("stopping; pods keep running and are taken over by the next start");
     Ok(())
 }
 
-/// Connects to containerd, waiting for it if it is not up yet: the agent may
-/// well start before containerd at boot.
-async fn connect(settings: &Settings) -> anyhow::Result<Containerd> {
+/// Connects to containerd and prepares the sandbox image, waiting with
+/// back-off while containerd is unreachable: the agent may well start before
+/// containerd at boot. Until then nothing else runs, the HTTP endpoint
+/// included, so a health probe sees the agent as not ready. Only an answer
+/// from containerd (e.g. a configured sandbox image that is missing) is fatal.
+async fn connect(
+    settings: &Settings,
+    recorder: &Recorder,
+) -> anyhow::Result<(Containerd, ResolvedImage)> {
     let mut delay = Duration::from_millis(250);
+    let mut waiting_since: Option<Instant> = None;
     loop {
-        match Containerd::connect(&settings.containerd_address, &settings.containerd_namespace)
-            .await
-        {
-            Ok(runtime) => match runtime.version().await {
-                Ok(version) => {
-                    info!(containerd = %version, namespace = %settings.containerd_namespace, "connected to containerd");
-                    return Ok(runtime);
+        match try_connect(settings).await {
+            Ok((runtime, image, version)) => {
+                info!(containerd = %version, namespace = %settings.containerd_namespace, "connected to containerd");
+                if let Some(since) = waiting_since {
+                    let after = since.elapsed();
+                    record_link(recorder, &settings.node_name, Link::Restored { after });
                 }
-                Err(e) => warn!(error = %e, "containerd does not answer; retrying in {delay:?}"),
-            },
-            Err(e) => warn!(error = %e, "retrying in {delay:?}"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            result = wait_for_stop_signal() => {
-                result?;
-                anyhow::bail!("stopped before containerd became reachable");
+                return Ok((runtime, image));
+            }
+            // Final only if containerd is there to give that answer: a
+            // call broken by containerd going away is retried.
+            Err(e) if !is_unavailable(&e) && answers(settings).await => return Err(e),
+            Err(e) => {
+                warn!(address = %settings.containerd_address.display(), "containerd is not reachable: {e:#}; retrying in {delay:?}");
+                if waiting_since.is_none() {
+                    waiting_since = Some(Instant::now());
+                    let error = format!("{e:#}");
+                    record_link(recorder, &settings.node_name, Link::Lost { error });
+                }
             }
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_CONNECT_DELAY);
     }
+}
+
+/// One attempt of [`connect`]; also returns containerd's version.
+async fn try_connect(settings: &Settings) -> anyhow::Result<(Containerd, ResolvedImage, String)> {
+    let runtime =
+        Containerd::connect(&settings.containerd_address, &settings.containerd_namespace).await?;
+    let version = runtime.version().await?;
+    let image = sandbox_image(&runtime, settings).await?;
+    Ok((runtime, image, version))
+}
+
+/// Whether containerd answers a version request right now.
+async fn answers(settings: &Settings) -> bool {
+    match Containerd::connect(&settings.containerd_address, &settings.containerd_namespace).await {
+        Ok(runtime) => runtime.version().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn is_unavailable(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<RuntimeError>()
+        .is_some_and(RuntimeError::is_unavailable)
 }
 
 async fn sandbox_image(runtime: &Containerd, settings: &Settings) -> anyhow::Result<ResolvedImage> {
@@ -162,6 +220,36 @@ async fn sandbox_image(runtime: &Containerd, settings: &Settings) -> anyhow::Res
                 format!("sandbox-image {name} (it must already be present in containerd)")
             })
         }
+    }
+}
+
+/// Reports containerd's reachability as an event of the node (the log line
+/// is written where the change is noticed).
+fn record_link(recorder: &Recorder, node: &str, link: Link) {
+    let (event_type, reason, message) = match link {
+        Link::Lost { error } => (
+            EventType::Warning,
+            "ContainerdUnavailable",
+            format!("containerd is not reachable: {error}; retrying"),
+        ),
+        Link::Restored { after } => (
+            EventType::Normal,
+            "ContainerdAvailable",
+            format!("containerd is reachable again after {after:.1?}"),
+        ),
+    };
+    recorder.record(node_ref(node), event_type, reason, message);
+}
+
+/// The node, as the object of events about the node itself; Kubernetes
+/// keeps such events in the `default` namespace.
+fn node_ref(node: &str) -> ObjectRef {
+    ObjectRef {
+        kind: "Node".into(),
+        namespace: "default".into(),
+        name: node.into(),
+        uid: node.into(),
+        field_path: String::new(),
     }
 }
 
@@ -185,13 +273,26 @@ fn create_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened for from the very start: once tokio handles
+/// a signal, the default action (exit) is gone for the whole process, so
+/// listening only later would swallow a stop request made in between.
+struct StopSignal {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignal {
+    fn install() -> anyhow::Result<StopSignal> {
+        Ok(StopSignal {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

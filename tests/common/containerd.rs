@@ -6,7 +6,10 @@
 //! containerd (`/run/containerd/containerd.sock`, `/var/lib/containerd`).
 //! Dropping it kills and removes every task and container it holds, stops the
 //! daemon, kills stray shims, unmounts everything under the temp dir and
-//! removes the dir.
+//! removes the dir. A test may stop the daemon and start it again in between
+//! ([`PrivateContainerd::stop`], [`PrivateContainerd::start_again`]); the
+//! shims keep running meanwhile, and a daemon still stopped at drop is
+//! started again to clean up.
 //!
 //! Host-global paths that containerd 1.6 and its runc shim still use, and that
 //! no daemon setting moves (all are keyed by namespace/id or a hash of the
@@ -28,6 +31,7 @@ use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -60,7 +64,9 @@ pub struct PrivateContainerd {
     log: PathBuf,
     containerd: PathBuf,
     ctr: PathBuf,
-    child: Option<Child>,
+    /// The daemon; behind a lock so that a test can stop and start it again
+    /// (`&self`) while an agent borrows this instance.
+    child: Mutex<Option<Child>>,
     /// Set once `ctr version` succeeded; only then does Drop restart a dead daemon.
     was_ready: bool,
 }
@@ -101,7 +107,7 @@ impl PrivateContainerd {
             dir,
             containerd,
             ctr,
-            child: None,
+            child: Mutex::new(None),
             was_ready: false,
         };
         me.spawn()?;
@@ -147,7 +153,33 @@ impl PrivateContainerd {
         Ok(())
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    /// Stops the daemon as a service manager would (SIGTERM; SIGKILL after
+    /// 10 s). The shims and their containers keep running, as they do in
+    /// production; [`PrivateContainerd::start_again`] brings the daemon back.
+    pub fn stop(&self) -> Result<()> {
+        if !self.daemon_alive() {
+            bail!("containerd at {} is not running", self.socket.display());
+        }
+        self.stop_daemon();
+        Ok(())
+    }
+
+    /// Starts the daemon again after [`PrivateContainerd::stop`], with the
+    /// same root, state, socket and config, and waits until it answers. It
+    /// reconnects to the shims that kept running.
+    pub fn start_again(&self) -> Result<()> {
+        if self.daemon_alive() {
+            bail!("containerd at {} is already running", self.socket.display());
+        }
+        self.spawn()?;
+        self.wait_ready()
+    }
+
+    fn child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn spawn(&self) -> Result<()> {
         let tmpdir = self.dir.join("tmp");
         fs::create_dir_all(&tmpdir)?;
         let config = self.dir.join("config.toml");
@@ -180,7 +212,7 @@ impl PrivateContainerd {
             .stderr(log_err)
             .spawn()
             .with_context(|| format!("spawning {}", self.containerd.display()))?;
-        self.child = Some(child);
+        *self.child() = Some(child);
         Ok(())
     }
 
@@ -216,12 +248,12 @@ impl PrivateContainerd {
         c
     }
 
-    fn wait_ready(&mut self) -> Result<()> {
+    fn wait_ready(&self) -> Result<()> {
         let started = Instant::now();
         let deadline = started + START_TIMEOUT;
         let mut last_err = String::from("socket not created yet");
         loop {
-            if let Some(child) = self.child.as_mut() {
+            if let Some(child) = self.child().as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     bail!(
                         "containerd exited during startup ({status}); log tail:\n{}",
@@ -279,8 +311,8 @@ impl PrivateContainerd {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn daemon_alive(&mut self) -> bool {
-        self.child
+    fn daemon_alive(&self) -> bool {
+        self.child()
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
@@ -331,10 +363,11 @@ impl PrivateContainerd {
     }
 
     /// Reaps the daemon if it has exited; returns whether it had.
-    fn reap_if_exited(&mut self) -> bool {
-        match self.child.as_mut().map(Child::try_wait) {
+    fn reap_if_exited(&self) -> bool {
+        let mut child = self.child();
+        match child.as_mut().map(Child::try_wait) {
             Some(Ok(Some(_))) => {
-                self.child = None;
+                *child = None;
                 true
             }
             _ => false,
@@ -342,11 +375,11 @@ impl PrivateContainerd {
     }
 
     /// SIGTERM, then SIGKILL after STOP_TIMEOUT; always reaps the child.
-    fn stop_daemon(&mut self) {
+    fn stop_daemon(&self) {
         if self.reap_if_exited() {
             return;
         }
-        let Some(mut child) = self.child.take() else {
+        let Some(mut child) = self.child().take() else {
             return;
         };
         if let Ok(pid) = libc::pid_t::try_from(child.id()) {

@@ -48,6 +48,11 @@ impl RuntimeError {
     pub fn is_already_exists(&self) -> bool {
         self.code() == Some(Code::AlreadyExists)
     }
+    /// containerd could not be reached (not started yet, restarting): worth
+    /// trying again, unlike an answer containerd gave.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, RuntimeError::Connect { .. }) || self.code() == Some(Code::Unavailable)
+    }
 }
 
 /// Adds the call's name and object to a gRPC status.
@@ -68,7 +73,10 @@ pub struct Containerd {
 
 impl Containerd {
     /// Connects to the socket at `address`. The channel reconnects by itself
-    /// if containerd restarts later.
+    /// if containerd restarts later: calls in flight when it goes fail, calls
+    /// made while it is down fail with `Unavailable` (see
+    /// [`RuntimeError::is_unavailable`]), and each dials again, so the first
+    /// call after it is back succeeds.
     pub async fn connect(address: &Path, namespace: &str) -> Result<Containerd, RuntimeError> {
         let channel = containerd_client::connect(address)
             .await
