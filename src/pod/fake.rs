@@ -1,7 +1,7 @@
 //! An in-memory [`PodRuntime`] for worker tests: images are a set of names,
 //! containers a map, and every call is recorded for assertions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::runtime::{PodRuntime, SandboxEnvironment, SandboxFailure};
 use crate::desired::DesiredPod;
 use crate::images::policy::{Ensured, ImageError, OnPull, Provenance, PullPolicy};
+use crate::runtime::containerd::exec::ExecOutput;
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
 use crate::runtime::containerd::RuntimeError;
@@ -23,6 +24,9 @@ struct State {
     containers: HashMap<String, u32>,
     calls: Vec<String>,
     next_pid: u32,
+    /// Scripted exec results by the command's first word, used in order;
+    /// the last one repeats.
+    exec_results: HashMap<String, VecDeque<Result<ExecOutput, String>>>,
 }
 
 pub struct FakeRuntime {
@@ -68,6 +72,14 @@ impl FakeRuntime {
     pub fn add_image(&self, name: &str) {
         self.state().images.insert(name.into());
         self.arrivals.send_modify(|n| *n += 1);
+    }
+
+    /// Scripts what running a command starting with `program` returns,
+    /// one result per call, the last repeating; `Err` is a runtime error.
+    pub fn script_exec(&self, program: &str, results: Vec<Result<ExecOutput, String>>) {
+        self.state()
+            .exec_results
+            .insert(program.into(), results.into());
     }
 
     pub fn calls(&self) -> Vec<String> {
@@ -185,5 +197,36 @@ impl PodRuntime for FakeRuntime {
             Some(pid) => TaskState::Running { pid: *pid },
             None => TaskState::Other,
         })
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        _timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("exec {id} {}", command.join(" ")));
+        let program = command.first().map(String::as_str).unwrap_or_default();
+        let scripted = state.exec_results.get_mut(program).and_then(|results| {
+            if results.len() > 1 {
+                results.pop_front()
+            } else {
+                results.front().cloned()
+            }
+        });
+        match scripted {
+            Some(Ok(output)) => Ok(output),
+            Some(Err(message)) => Err(RuntimeError::Rpc {
+                op: "exec in",
+                object: id.into(),
+                status: tonic::Status::unknown(message),
+            }),
+            None => Err(RuntimeError::Rpc {
+                op: "exec in",
+                object: id.into(),
+                status: tonic::Status::not_found(format!("{program}: not scripted")),
+            }),
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod node;
 pub mod plan;
+pub mod probe;
 pub mod runtime;
 pub mod state;
 pub mod volumes;

@@ -17,6 +17,7 @@ use crate::images::policy::{Ensured, ImageError, OnPull, PullPolicy};
 use crate::images::service::ImageService;
 use crate::logs::LogSettings;
 use crate::runtime::cgroups::{self, CgroupVersion};
+use crate::runtime::containerd::exec::ExecOutput;
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
 use crate::runtime::containerd::{Containerd, RuntimeError};
@@ -362,5 +363,14 @@ impl PodRuntime for NodeRuntime {
 
     async fn task_state(&self, id: &str) -> Result<TaskState, RuntimeError> {
         self.containerd.task_state(id).await
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        self.containerd.exec(id, command, timeout).await
     }
 }

@@ -16,6 +16,7 @@ use crate::runtime::pod_files::PodFiles;
 use crate::runtime::resources::QosClass;
 
 use crate::images::policy::{Ensured, ImageError, OnPull, PullPolicy};
+use crate::runtime::containerd::exec::ExecOutput;
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
 use crate::runtime::containerd::RuntimeError;
@@ -100,4 +101,13 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn pod_uids(&self) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
 
     fn task_state(&self, id: &str) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
+
+    /// Runs `command` in the running container `id` (probes and lifecycle
+    /// hooks), killing it after `timeout`.
+    fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
 }

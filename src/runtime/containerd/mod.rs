@@ -6,6 +6,7 @@
 pub mod client;
 pub mod content;
 pub mod events;
+pub mod exec;
 pub mod images;
 pub mod tasks;
 
