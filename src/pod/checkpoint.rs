@@ -41,6 +41,7 @@ struct SavedContainer {
     finished: Option<jiff::Timestamp>,
     /// The crash back-off's delay (seconds) and when it was last raised.
     crash: Option<(u64, jiff::Timestamp)>,
+    stop_signal: i32,
 }
 
 /// Converts between the monotonic clock the worker plans with and the wall
@@ -95,6 +96,7 @@ impl Checkpoint {
                         .crash
                         .entry()
                         .map(|(delay, updated)| (delay.as_secs(), clocks.to_wall(updated))),
+                    stop_signal: c.stop_signal,
                 };
                 (c.name.clone(), saved)
             })
@@ -171,6 +173,7 @@ impl SavedContainer {
         c.runs = self.runs;
         c.attempts = self.attempts;
         c.finished = self.finished.map(|t| clocks.to_instant(t));
+        c.stop_signal = self.stop_signal;
         c.crash = CrashBackoff::restored(
             self.crash
                 .map(|(secs, at)| (Duration::from_secs(secs), clocks.to_instant(at))),

@@ -189,7 +189,7 @@ impl PodRuntime for FakeRuntime {
         Ok(pid)
     }
 
-    async fn stop_container(&self, id: &str, _grace: Duration) {
+    async fn stop_container(&self, id: &str, _signal: i32, _grace: Duration) {
         self.state().calls.push(format!("stop {id}"));
     }
 

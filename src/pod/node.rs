@@ -343,11 +343,11 @@ impl PodRuntime for NodeRuntime {
         self.containerd.start_task(&id).await
     }
 
-    async fn stop_container(&self, id: &str, grace: Duration) {
+    async fn stop_container(&self, id: &str, signal: i32, grace: Duration) {
         let runtime = &self.containerd;
-        if let Err(e) = runtime.kill_task(id, libc::SIGTERM as u32, false).await {
+        if let Err(e) = runtime.kill_task(id, signal as u32, false).await {
             if !e.is_not_found() {
-                warn!(container = id, error = %e, "cannot send SIGTERM");
+                warn!(container = id, signal, error = %e, "cannot send the stop signal");
             }
             return;
         }

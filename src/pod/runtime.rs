@@ -104,9 +104,15 @@ pub trait PodRuntime: Send + Sync + 'static {
         new: NewContainer<'_>,
     ) -> impl Future<Output = Result<u32, RuntimeError>> + Send;
 
-    /// SIGTERM, then SIGKILL to all its processes once `grace` has passed;
-    /// returns when the task has exited or is gone.
-    fn stop_container(&self, id: &str, grace: Duration) -> impl Future<Output = ()> + Send;
+    /// `signal` (SIGTERM or the image's StopSignal), then SIGKILL to all
+    /// its processes once `grace` has passed; returns when the task has
+    /// exited or is gone.
+    fn stop_container(
+        &self,
+        id: &str,
+        signal: i32,
+        grace: Duration,
+    ) -> impl Future<Output = ()> + Send;
 
     /// Deletes an exited task, keeping the container record.
     fn delete_task(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;

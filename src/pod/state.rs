@@ -112,6 +112,16 @@ pub struct ContainerRecord {
     pub finished: Option<Instant>,
     /// Back-off between restarts after exits.
     pub crash: CrashBackoff,
+    /// The signal that asks the current run to stop: the image's
+    /// StopSignal, SIGTERM by default.
+    pub stop_signal: i32,
+    /// Which probes the spec gives it: without a startup probe a run counts
+    /// as started once running; without a readiness probe, started is ready.
+    pub has_startup_probe: bool,
+    pub has_readiness_probe: bool,
+    /// The current run's startup and readiness probe verdicts.
+    pub startup_passed: bool,
+    pub readiness_passed: bool,
     /// When a shown `ErrImagePull` turns into `ImagePullBackOff`.
     pub pull_backoff_at: Option<Instant>,
     /// An init container with `restartPolicy: Always`: a native sidecar,
@@ -135,6 +145,11 @@ impl ContainerRecord {
             retry: Retry::default(),
             finished: None,
             crash: CrashBackoff::default(),
+            stop_signal: libc::SIGTERM,
+            has_startup_probe: false,
+            has_readiness_probe: false,
+            startup_passed: false,
+            readiness_passed: false,
             pull_backoff_at: None,
             sidecar: false,
         }
@@ -142,6 +157,16 @@ impl ContainerRecord {
 
     pub fn is_running(&self) -> bool {
         matches!(self.state, RunState::Running { .. })
+    }
+
+    /// `started` in status: running, and past its startup probe if any.
+    pub fn is_started(&self) -> bool {
+        self.is_running() && (!self.has_startup_probe || self.startup_passed)
+    }
+
+    /// `ready` in status: started, and passing its readiness probe if any.
+    pub fn is_ready(&self) -> bool {
+        self.is_started() && (!self.has_readiness_probe || self.readiness_passed)
     }
 
     /// The exit code of the run that ended last: the current state's, or,
@@ -201,6 +226,8 @@ impl ContainerRecord {
         self.container_id = Some(id);
         self.image_id = image_id;
         self.state = RunState::Running { started_at: at };
+        self.startup_passed = false;
+        self.readiness_passed = false;
         self.retry = Retry::default();
         self.pull_backoff_at = None;
     }
@@ -294,7 +321,7 @@ impl ContainerRecord {
     /// a sidecar that runs.
     pub fn initialized(&self) -> bool {
         if self.sidecar {
-            self.is_running()
+            self.is_started()
         } else {
             self.succeeded()
         }
@@ -367,12 +394,17 @@ impl PodRecord {
     /// The `v1.PodStatus` the API shows.
     pub fn to_status(&self) -> PodStatus {
         let statuses: Vec<ContainerStatus> = self.containers.iter().map(container_status).collect();
-        let ready = statuses.iter().all(|s| s.ready);
-        let unready: Vec<&str> = statuses
+        // Sidecars count for readiness, as in the kubelet's generate.go.
+        let unready: Vec<&str> = self
+            .init_containers
             .iter()
-            .filter(|s| !s.ready)
-            .map(|s| s.name.as_str())
+            .filter(|c| c.sidecar)
+            .chain(&self.containers)
+            .filter(|c| !c.is_ready())
+            .map(|c| c.name.as_str())
             .collect();
+        let ready = unready.is_empty();
+        let phase = self.phase();
         let condition =
             |type_: &str, ok: bool, reason: Option<&str>, message: Option<String>| PodCondition {
                 type_: type_.into(),
@@ -382,7 +414,18 @@ impl PodRecord {
                 last_transition_time: self.start_time.map(Time),
                 ..Default::default()
             };
-        let not_ready_message = format!("containers with unready status: [{}]", unready.join(" "));
+        // A pod that completed is not ready, for that reason.
+        let (not_ready_reason, not_ready_message) = if phase == "Succeeded" {
+            ("PodCompleted", None)
+        } else {
+            (
+                "ContainersNotReady",
+                Some(format!(
+                    "containers with unready status: [{}]",
+                    unready.join(" ")
+                )),
+            )
+        };
         let incomplete: Vec<&str> = self
             .init_containers
             .iter()
@@ -394,7 +437,7 @@ impl PodRecord {
             incomplete.join(" ")
         );
         PodStatus {
-            phase: Some(self.phase().into()),
+            phase: Some(phase.into()),
             host_ip: self.host_ip.clone(),
             host_ips: self
                 .host_ip
@@ -423,14 +466,14 @@ impl PodRecord {
                 condition(
                     "Ready",
                     ready,
-                    Some("ContainersNotReady"),
-                    Some(not_ready_message.clone()),
+                    Some(not_ready_reason),
+                    not_ready_message.clone(),
                 ),
                 condition(
                     "ContainersReady",
                     ready,
-                    Some("ContainersNotReady"),
-                    Some(not_ready_message),
+                    Some(not_ready_reason),
+                    not_ready_message,
                 ),
                 condition("PodScheduled", true, None, None),
             ]),
@@ -487,14 +530,13 @@ impl PodRecord {
 }
 
 fn container_status(c: &ContainerRecord) -> ContainerStatus {
-    let running = matches!(c.state, RunState::Running { .. });
     ContainerStatus {
         name: c.name.clone(),
         image: c.image.clone(),
         image_id: c.image_id.clone(),
         container_id: c.container_id.as_deref().map(cri_id),
-        ready: running,
-        started: Some(running),
+        ready: c.is_ready(),
+        started: Some(c.is_started()),
         restart_count: c.restart_count,
         state: Some(api_state(&c.state, c.container_id.as_deref())),
         last_state: c

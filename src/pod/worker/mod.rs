@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 mod adopt;
 mod start;
+mod stop;
 
 use super::checkpoint::{Checkpoint, Clocks};
 use super::plan::plan;
@@ -67,6 +68,8 @@ struct Started {
     id: String,
     image_id: String,
     at: jiff::Timestamp,
+    /// The image's stop signal.
+    stop_signal: i32,
 }
 
 pub struct Worker<R> {
@@ -445,43 +448,27 @@ impl<R: PodRuntime> Worker<R> {
         }
     }
 
-    /// Stops the containers (in parallel, SIGTERM then SIGKILL after the
-    /// grace period), then the sandbox, and removes every object of the pod.
+    /// Stops the containers (in parallel, each as [`Worker::kill_container`]
+    /// does), then the sandbox, and removes every object of the pod.
     async fn stop_pod(&mut self) {
-        let grace = self
-            .pod
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
-            .unwrap_or(crate::manifest::parse::DEFAULT_GRACE_PERIOD_SECONDS)
-            .max(0) as u64;
         // App containers first, then sidecars and a running init container,
         // as the kubelet orders termination.
-        let runtime = &self.ctx.runtime;
-        for (list, init) in [
-            (&self.record.containers, false),
-            (&self.record.init_containers, true),
-        ] {
-            let running: Vec<(&str, &str)> = list
+        let grace = self.grace_period(None);
+        for list in [&self.record.containers, &self.record.init_containers] {
+            let running: Vec<&str> = list
                 .iter()
                 .filter(|c| c.is_running())
-                .filter_map(|c| Some((c.name.as_str(), c.container_id.as_deref()?)))
+                .map(|c| c.name.as_str())
                 .collect();
-            let stops = running.iter().map(|(name, id)| {
-                self.ctx.recorder.record(
-                    ObjectRef::container(&self.pod, name, init),
-                    EventType::Normal,
-                    "Killing",
-                    format!("Stopping container {name}"),
-                );
-                runtime.stop_container(id, Duration::from_secs(grace))
-            });
+            let stops = running
+                .iter()
+                .map(|name| self.kill_container(name, grace, format!("Stopping container {name}")));
             futures::future::join_all(stops).await;
         }
+        let runtime = &self.ctx.runtime;
         if self.record.sandbox_pid.is_some() {
             runtime
-                .stop_container(&self.sandbox_id, SANDBOX_STOP_TIMEOUT)
+                .stop_container(&self.sandbox_id, libc::SIGTERM, SANDBOX_STOP_TIMEOUT)
                 .await;
         }
         runtime.remove_pod(self.pod.uid()).await;

@@ -55,7 +55,10 @@ impl<R: PodRuntime> Worker<R> {
                 continue;
             };
             match result {
-                Ok(started) => record.started(started.id, started.image_id, started.at),
+                Ok(started) => {
+                    record.stop_signal = started.stop_signal;
+                    record.started(started.id, started.image_id, started.at);
+                }
                 Err(StartFailure {
                     reason: "RunContainerError",
                     message,
@@ -171,6 +174,7 @@ impl<R: PodRuntime> Worker<R> {
             id,
             image_id: image.digest.clone(),
             at: jiff::Timestamp::now(),
+            stop_signal: image.config.stop_signal(),
         })
     }
 
