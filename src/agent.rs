@@ -140,6 +140,7 @@ async fn start(settings: &Settings) -> anyhow::Result<()> {
         status,
         recorder,
         pod_log_dir: settings.pod_log_dir.clone(),
+        state_dir: settings.state_dir.clone(),
     });
     tokio::spawn(Workers::new(context).run(desired_reader, runtime_events_rx));
     info!(http = %settings.http_listen, api = %settings.api_socket().display(), "podkeeper running");

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::agent::{running_containers, Agent, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
+use common::tasks::tasks;
 
 const BUSYBOX: &str = "podkeeper.local/busybox:latest";
 
@@ -20,23 +21,6 @@ fn setup(namespace: &str) -> (PrivateContainerd, Agent) {
         .expect("importing busybox");
     let agent = Agent::start(&containerd, namespace).expect("starting the agent");
     (containerd, agent)
-}
-
-/// (task ID, PID, status) of every task in `namespace`.
-fn tasks(containerd: &PrivateContainerd, namespace: &str) -> Vec<(String, u32, String)> {
-    let out = containerd
-        .ctr(namespace, &["tasks", "ls"])
-        .expect("ctr tasks ls");
-    out.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let id = fields.next()?.to_string();
-            let pid = fields.next()?.parse().ok()?;
-            let status = fields.next()?.to_string();
-            Some((id, pid, status))
-        })
-        .collect()
 }
 
 fn ns_inode(pid: u32, ns: &str) -> String {
@@ -110,26 +94,31 @@ fn two_containers_share_the_sandbox_network_and_hostname() {
     assert_eq!(tasks.len(), 3, "{tasks:?}");
     let pause = tasks
         .iter()
-        .find(|t| t.0.ends_with("-pause"))
+        .find(|t| t.id.ends_with("-pause"))
         .expect("sandbox task");
-    for (id, pid, status) in &tasks {
-        assert_eq!(status, "RUNNING", "{id}");
+    for task in &tasks {
+        assert_eq!(task.status, "RUNNING", "{}", task.id);
         for ns in ["net", "ipc", "uts"] {
-            assert_eq!(ns_inode(*pid, ns), ns_inode(pause.1, ns), "{id} {ns}");
+            assert_eq!(
+                ns_inode(task.pid, ns),
+                ns_inode(pause.pid, ns),
+                "{} {ns}",
+                task.id
+            );
         }
     }
     let app_pids: Vec<u32> = tasks
         .iter()
-        .filter(|t| t.0 != pause.0)
-        .map(|t| t.1)
+        .filter(|t| t.id != pause.id)
+        .map(|t| t.pid)
         .collect();
     assert_ne!(
         ns_inode(app_pids[0], "pid"),
-        ns_inode(pause.1, "pid"),
+        ns_inode(pause.pid, "pid"),
         "pid namespace is private by default"
     );
     assert_ne!(
-        ns_inode(pause.1, "net"),
+        ns_inode(pause.pid, "net"),
         ns_inode(std::process::id(), "net"),
         "the pod has its own network"
     );
@@ -173,10 +162,11 @@ fn the_built_in_pause_image_is_created_and_exits_zero_on_sigterm() {
             .pod(&pod_name)
             .is_some_and(|p| running_containers(&p).len() == 1)
     });
-    let (sandbox_id, pid, _) = tasks(&containerd, namespace)
+    let sandbox = tasks(&containerd, namespace)
         .into_iter()
-        .find(|t| t.0.ends_with("-pause"))
+        .find(|t| t.id.ends_with("-pause"))
         .expect("sandbox task");
+    let (sandbox_id, pid) = (sandbox.id, sandbox.pid);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert_eq!(cmdline, b"/pause\0");
     let exe = std::fs::read(format!("/proc/{pid}/exe")).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::runtime::{PodRuntime, SandboxEnvironment, SandboxFailure};
+use super::runtime::{ExistingContainer, PodRuntime, SandboxEnvironment, SandboxFailure};
 use crate::desired::DesiredPod;
 use crate::images::policy::{Ensured, ImageError, OnPull, Provenance, PullPolicy};
 use crate::runtime::containerd::exec::ExecOutput;
@@ -20,13 +20,24 @@ use crate::runtime::ImageConfig;
 struct State {
     /// Images that can be had (present or pullable).
     images: HashSet<String>,
-    /// Live containers: ID → PID.
-    containers: HashMap<String, u32>,
+    /// Containers: ID → what containerd would know of it.
+    containers: HashMap<String, FakeContainer>,
     calls: Vec<String>,
     next_pid: u32,
     /// Scripted exec results by the command's first word, used in order;
     /// the last one repeats.
     exec_results: HashMap<String, VecDeque<Result<ExecOutput, String>>>,
+    /// The next `run_container` of this container fails with this message.
+    fail_next_run: Option<(String, String)>,
+}
+
+#[derive(Clone)]
+struct FakeContainer {
+    pid: u32,
+    name: String,
+    restart_count: Option<u32>,
+    /// `None` once the task is deleted.
+    task: Option<TaskState>,
 }
 
 pub struct FakeRuntime {
@@ -86,6 +97,27 @@ impl FakeRuntime {
         self.state().calls.clone()
     }
 
+    /// The task of container `id` exits with `status` behind the worker's
+    /// back (as while the agent was down).
+    pub fn exit_task(&self, id: &str, status: u32) {
+        if let Some(c) = self.state().containers.get_mut(id) {
+            c.task = Some(TaskState::Stopped(
+                crate::runtime::containerd::tasks::TaskExit {
+                    exit_status: status,
+                    exited_at: None,
+                },
+            ));
+        }
+    }
+
+    pub fn fail_next_run(&self, container: &str, message: &str) {
+        self.state().fail_next_run = Some((format!("-c-{container}-"), message.into()));
+    }
+
+    pub fn pid_of(&self, id: &str) -> Option<u32> {
+        self.state().containers.get(id).map(|c| c.pid)
+    }
+
     pub fn live_containers(&self) -> Vec<String> {
         let mut ids: Vec<_> = self.state().containers.keys().cloned().collect();
         ids.sort();
@@ -99,23 +131,12 @@ impl PodRuntime for FakeRuntime {
         pod: &DesiredPod,
     ) -> Result<SandboxEnvironment, SandboxFailure> {
         self.state().calls.push(format!("prepare {}", pod.uid()));
-        let volumes =
-            super::volumes::prepare(pod, &self.volumes.path().join(pod.uid())).map_err(|e| {
-                SandboxFailure {
-                    reason: e.reason(),
-                    message: e.to_string(),
-                }
-            })?;
-        Ok(SandboxEnvironment {
-            facts: Default::default(),
-            files: None,
-            netns: None,
-            cgroup_parent: format!("/fake/pod{}", pod.uid()),
-            qos: crate::runtime::resources::QosClass::BestEffort,
-            volumes,
-            warnings: Vec::new(),
-            min_oom_score_adj: -1000,
-        })
+        self.environment(pod)
+    }
+
+    async fn adopt_sandbox(&self, pod: &DesiredPod) -> Result<SandboxEnvironment, SandboxFailure> {
+        self.state().calls.push(format!("adopt {}", pod.uid()));
+        self.environment(pod)
     }
 
     async fn release_sandbox(&self, pod: &DesiredPod) {
@@ -158,18 +179,38 @@ impl PodRuntime for FakeRuntime {
     async fn run_container(&self, new: NewContainer<'_>) -> Result<u32, RuntimeError> {
         let mut state = self.state();
         state.calls.push(format!("run {}", new.id));
+        let fails =
+            matches!(&state.fail_next_run, Some((part, _)) if new.id.contains(part.as_str()));
+        if let Some((_, message)) = state.fail_next_run.take_if(|_| fails) {
+            return Err(RuntimeError::Image {
+                image: new.image.into(),
+                reason: message,
+            });
+        }
         state.next_pid += 1;
         let pid = state.next_pid;
-        state.containers.insert(new.id.to_string(), pid);
+        let label = |key: &str| new.labels.get(key).cloned();
+        let container = FakeContainer {
+            pid,
+            name: label(crate::runtime::labels::CONTAINER_NAME).unwrap_or_default(),
+            restart_count: label(crate::runtime::labels::RESTART_COUNT)
+                .and_then(|n| n.parse().ok()),
+            task: Some(TaskState::Running { pid }),
+        };
+        state.containers.insert(new.id.to_string(), container);
         Ok(pid)
     }
 
-    async fn stop_container(&self, id: &str, _grace: Duration) {
+    async fn stop_container(&self, id: &str, _signal: i32, _grace: Duration) {
         self.state().calls.push(format!("stop {id}"));
     }
 
     async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
-        self.state().calls.push(format!("delete-task {id}"));
+        let mut state = self.state();
+        state.calls.push(format!("delete-task {id}"));
+        if let Some(c) = state.containers.get_mut(id) {
+            c.task = None;
+        }
         Ok(())
     }
 
@@ -187,14 +228,33 @@ impl PodRuntime for FakeRuntime {
         state.containers.retain(|id, _| !id.starts_with(&prefix));
     }
 
+    async fn pod_containers(&self, uid: &str) -> Result<Vec<ExistingContainer>, RuntimeError> {
+        let prefix = crate::runtime::labels::id_prefix(uid);
+        let state = self.state();
+        let mut existing: Vec<ExistingContainer> = state
+            .containers
+            .iter()
+            .filter(|(id, _)| id.starts_with(&prefix))
+            .map(|(id, c)| ExistingContainer {
+                id: id.clone(),
+                name: c.name.clone(),
+                restart_count: c.restart_count,
+                created_at: None,
+                task: c.task,
+            })
+            .collect();
+        existing.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(existing)
+    }
+
     async fn pod_uids(&self) -> Result<Vec<String>, RuntimeError> {
         Ok(Vec::new())
     }
 
     async fn task_state(&self, id: &str) -> Result<TaskState, RuntimeError> {
         let state = self.state();
-        Ok(match state.containers.get(id) {
-            Some(pid) => TaskState::Running { pid: *pid },
+        Ok(match state.containers.get(id).and_then(|c| c.task) {
+            Some(task) => task,
             None => TaskState::Other,
         })
     }
@@ -228,5 +288,27 @@ impl PodRuntime for FakeRuntime {
                 status: tonic::Status::not_found(format!("{program}: not scripted")),
             }),
         }
+    }
+}
+
+impl FakeRuntime {
+    fn environment(&self, pod: &DesiredPod) -> Result<SandboxEnvironment, SandboxFailure> {
+        let volumes =
+            super::volumes::prepare(pod, &self.volumes.path().join(pod.uid())).map_err(|e| {
+                SandboxFailure {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(SandboxEnvironment {
+            facts: Default::default(),
+            files: None,
+            netns: None,
+            cgroup_parent: format!("/fake/pod{}", pod.uid()),
+            qos: crate::runtime::resources::QosClass::BestEffort,
+            volumes,
+            warnings: Vec::new(),
+            min_oom_score_adj: -1000,
+        })
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::runtime::{PodRuntime, SandboxEnvironment, SandboxFailure};
+use super::runtime::{ExistingContainer, PodRuntime, SandboxEnvironment, SandboxFailure};
 use super::volumes;
 use crate::desired::DesiredPod;
 use crate::images::policy::{Ensured, ImageError, OnPull, PullPolicy};
@@ -19,7 +19,7 @@ use crate::logs::LogSettings;
 use crate::runtime::cgroups::{self, CgroupVersion};
 use crate::runtime::containerd::exec::ExecOutput;
 use crate::runtime::containerd::images::ResolvedImage;
-use crate::runtime::containerd::tasks::{NewContainer, TaskState};
+use crate::runtime::containerd::tasks::{timestamp, NewContainer, TaskState};
 use crate::runtime::containerd::{Containerd, RuntimeError};
 use crate::runtime::env::PodFacts;
 use crate::runtime::network::{hostport, netns, Network, PodNetworkRequest, PortMapping};
@@ -232,6 +232,54 @@ impl PodRuntime for NodeRuntime {
         })
     }
 
+    async fn adopt_sandbox(&self, pod: &DesiredPod) -> Result<SandboxEnvironment, SandboxFailure> {
+        let spec = pod.pod.spec.clone().unwrap_or_default();
+        let sandbox_failed = |m: String| failure("FailedCreatePodSandBox", m);
+        let qos = resources::qos_class(&spec).map_err(|e| sandbox_failed(e.to_string()))?;
+        let cgroup = resources::pod_cgroup(pod.uid(), &spec, qos, &self.settings.cgroup_root)
+            .map_err(|e| sandbox_failed(e.to_string()))?;
+        let files = PodFiles::new(&self.settings.state_dir, pod.uid());
+        // Idempotent: existing directories and tmpfs mounts are kept.
+        let prepared = volumes::prepare(pod, &files.volumes())
+            .map_err(|e| failure("FailedMount", format!("MountVolume failed: {e}")))?;
+        let mut facts = PodFacts {
+            pod_ip: None,
+            host_ip: self.settings.host_ip.clone(),
+            node_cpus: self.node_cpus,
+            node_memory: self.node_memory,
+        };
+        let mut netns_path = None;
+        if spec.host_network.unwrap_or(false) {
+            facts.pod_ip = self.settings.host_ip.clone();
+        } else {
+            let path = self.netns_path(pod.uid());
+            if !netns::is_netns(&path) {
+                return Err(sandbox_failed(format!(
+                    "the pod's network namespace {} is gone",
+                    path.display()
+                )));
+            }
+            let network = self
+                .network
+                .adopt(&labels::sandbox_id(pod.uid()))
+                .map_err(|e| sandbox_failed(format!("reading the pod's network: {e}")))?;
+            facts.pod_ip = network.ips.first().map(|ip| ip.to_string());
+            self.claim_ports(pod, &hostport::port_mappings(&pod.pod))
+                .map_err(sandbox_failed)?;
+            netns_path = Some(path);
+        }
+        Ok(SandboxEnvironment {
+            facts,
+            files: Some(files),
+            netns: netns_path,
+            cgroup_parent: cgroup.path,
+            qos,
+            volumes: prepared,
+            warnings: Vec::new(),
+            min_oom_score_adj: self.min_oom_score_adj,
+        })
+    }
+
     async fn release_sandbox(&self, pod: &DesiredPod) {
         let spec = pod.pod.spec.clone().unwrap_or_default();
         let path = self.netns_path(pod.uid());
@@ -296,11 +344,11 @@ impl PodRuntime for NodeRuntime {
         self.containerd.start_task(&id).await
     }
 
-    async fn stop_container(&self, id: &str, grace: Duration) {
+    async fn stop_container(&self, id: &str, signal: i32, grace: Duration) {
         let runtime = &self.containerd;
-        if let Err(e) = runtime.kill_task(id, libc::SIGTERM as u32, false).await {
+        if let Err(e) = runtime.kill_task(id, signal as u32, false).await {
             if !e.is_not_found() {
-                warn!(container = id, error = %e, "cannot send SIGTERM");
+                warn!(container = id, signal, error = %e, "cannot send the stop signal");
             }
             return;
         }
@@ -345,6 +393,32 @@ impl PodRuntime for NodeRuntime {
                 }
             }
         }
+    }
+
+    async fn pod_containers(&self, uid: &str) -> Result<Vec<ExistingContainer>, RuntimeError> {
+        let containers = self
+            .containerd
+            .list_containers(&labels::pod_filter(uid))
+            .await?;
+        let states = containers.iter().map(|c| self.containerd.task_state(&c.id));
+        let states = futures::future::join_all(states).await;
+        let mut existing = Vec::with_capacity(containers.len());
+        for (container, state) in containers.into_iter().zip(states) {
+            let task = match state {
+                Ok(state) => Some(state),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e),
+            };
+            let label = |key: &str| container.labels.get(key).cloned();
+            existing.push(ExistingContainer {
+                name: label(labels::CONTAINER_NAME).unwrap_or_default(),
+                restart_count: label(labels::RESTART_COUNT).and_then(|n| n.parse().ok()),
+                created_at: container.created_at.and_then(timestamp),
+                id: container.id,
+                task,
+            });
+        }
+        Ok(existing)
     }
 
     async fn pod_uids(&self) -> Result<Vec<String>, RuntimeError> {

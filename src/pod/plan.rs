@@ -55,12 +55,71 @@ impl Retry {
     }
 }
 
+/// How long a restart back-off entry lives without an update: a container
+/// that ran this long since its last restart starts over at the initial
+/// delay (client-go's `hasExpired`, twice the maximum).
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// The kubelet's crash-loop back-off of one container
+/// (`kuberuntime_manager.go doBackOff` over client-go's `Backoff`): the
+/// first restart is immediate; each further one waits, counted from the
+/// exit, 10 s doubling to 300 s; an entry untouched for 600 s is forgotten.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CrashBackoff {
+    /// Current delay and when it was last raised.
+    entry: Option<(Duration, Instant)>,
+}
+
+impl CrashBackoff {
+    /// For a container that exited at `finished`: when it may restart
+    /// (`None`: now).
+    pub fn restart_at(&self, finished: Instant, now: Instant) -> Option<Instant> {
+        let (delay, updated) = self.entry?;
+        if now.saturating_duration_since(updated) > BACKOFF_RESET {
+            return None;
+        }
+        let at = finished + delay;
+        (at > now).then_some(at)
+    }
+
+    /// The state to keep across agent restarts: the delay and when it was
+    /// last raised.
+    pub fn entry(&self) -> Option<(Duration, Instant)> {
+        self.entry
+    }
+
+    pub fn restored(entry: Option<(Duration, Instant)>) -> CrashBackoff {
+        CrashBackoff { entry }
+    }
+
+    /// The delay a container waiting now is waiting out, for messages.
+    pub fn delay(&self) -> Duration {
+        self.entry.map_or(BACKOFF_INITIAL, |(delay, _)| delay)
+    }
+
+    /// A restart after the exit at `finished` goes ahead: the next exit
+    /// waits twice as long (client-go's `Next`).
+    pub fn restarting(&mut self, finished: Instant) {
+        self.entry = Some(match self.entry {
+            Some((delay, updated))
+                if finished.saturating_duration_since(updated) <= BACKOFF_RESET =>
+            {
+                ((delay * 2).min(BACKOFF_MAX), finished)
+            }
+            _ => (BACKOFF_INITIAL, finished),
+        });
+    }
+}
+
 /// What to do now.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub create_sandbox: bool,
     /// Containers to create and start now.
     pub start: Vec<String>,
+    /// Exited containers that must wait out their crash back-off: they now
+    /// show `CrashLoopBackOff`.
+    pub show_crash_backoff: Vec<String>,
     /// Containers whose `ErrImagePull` now shows as `ImagePullBackOff`.
     pub show_pull_backoff: Vec<String>,
     /// When something next falls due; `None`: only an event can change things.
@@ -69,8 +128,9 @@ pub struct Plan {
 
 /// Init containers run one at a time, in order, each to success (a sidecar
 /// only needs to be running) before the next; app containers start once all
-/// are done. A failed init container is retried with back-off, unless
-/// `restartPolicy: Never`, which fails the pod.
+/// are done. Exited containers restart as `restartPolicy` says (a sidecar
+/// always does), after their crash back-off; a failed init container under
+/// `restartPolicy: Never` fails the pod.
 pub fn plan(record: &PodRecord, now: Instant) -> Plan {
     let mut plan = Plan::default();
     if record.sandbox_pid.is_none() {
@@ -92,13 +152,14 @@ pub fn plan(record: &PodRecord, now: Instant) -> Plan {
             // A regular init container still working: wait for its exit.
             return plan;
         }
-        plan.consider(init, now);
+        plan.consider(init, &record.restart_policy, now);
         return plan;
     }
+    for sidecar in record.init_containers.iter().filter(|c| c.sidecar) {
+        plan.consider(sidecar, &record.restart_policy, now);
+    }
     for container in &record.containers {
-        if matches!(container.state, RunState::Waiting { .. }) {
-            plan.consider(container, now);
-        }
+        plan.consider(container, &record.restart_policy, now);
     }
     plan
 }
@@ -112,7 +173,22 @@ impl Plan {
 
     /// A container that is not running and should be: start it when its
     /// back-off allows.
-    fn consider(&mut self, container: &ContainerRecord, now: Instant) {
+    fn consider(&mut self, container: &ContainerRecord, policy: &str, now: Instant) {
+        if let Some(finished) = container.finished {
+            if !container.should_restart(policy) {
+                return;
+            }
+            match container.crash.restart_at(finished, now) {
+                None => self.start.push(container.name.clone()),
+                Some(at) => {
+                    if !container.in_crash_backoff() {
+                        self.show_crash_backoff.push(container.name.clone());
+                    }
+                    self.wake(Some(at));
+                }
+            }
+            return;
+        }
         if let RunState::Waiting { reason, .. } = &container.state {
             if reason == "ErrImagePull" {
                 match container.pull_backoff_at {
@@ -120,6 +196,9 @@ impl Plan {
                     at => self.wake(at),
                 }
             }
+        }
+        if !matches!(container.state, RunState::Waiting { .. }) {
+            return;
         }
         if container.retry.due(now) {
             self.start.push(container.name.clone());
@@ -261,14 +340,26 @@ mod tests {
         assert_eq!(plan(&r, now).start, ["i2"]);
     }
 
+    /// A container whose run ended at `at` with `code`.
+    fn ended(record: &mut ContainerRecord, code: u32, at: Instant) {
+        record.ended(RunState::exited(code, false, None, None), at);
+    }
+
     #[test]
-    fn a_failed_init_container_backs_off_or_fails_the_pod_under_never() {
+    fn a_failed_init_container_restarts_with_back_off_or_fails_the_pod_under_never() {
         let now = Instant::now();
         let mut r = record(vec![RunState::creating()]);
-        r.init_containers = vec![init("i1", RunState::exited(1, false, None, None), false)];
-        r.init_containers[0].retry.failed(now);
+        r.init_containers = vec![init("i1", RunState::creating(), false)];
+        ended(&mut r.init_containers[0], 1, now);
+        assert_eq!(
+            plan(&r, now).start,
+            ["i1"],
+            "the first restart is immediate"
+        );
+        let _ = r.init_containers[0].begin_attempt();
+        ended(&mut r.init_containers[0], 1, now);
         let p = plan(&r, now);
-        assert!(p.start.is_empty());
+        assert_eq!(p.show_crash_backoff, ["i1"]);
         assert_eq!(p.wake_at, Some(now + BACKOFF_INITIAL));
         assert_eq!(plan(&r, now + BACKOFF_INITIAL).start, ["i1"]);
         r.restart_policy = "Never".into();
@@ -277,8 +368,105 @@ mod tests {
     }
 
     #[test]
-    fn terminated_containers_are_not_restarted_here() {
-        let r = record(vec![RunState::exited(1, false, None, None)]);
+    fn crash_back_off_is_immediate_then_doubles_from_each_exit_to_the_cap() {
+        let t0 = Instant::now();
+        let mut backoff = CrashBackoff::default();
+        assert_eq!(backoff.restart_at(t0, t0), None);
+        let mut exit = t0;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            backoff.restarting(exit);
+            // The next run fails 1 s after it starts.
+            exit += Duration::from_secs(1);
+            let at = backoff.restart_at(exit, exit).expect("a wait");
+            waits.push((at - exit).as_secs());
+            exit = at;
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff.delay(), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn crash_back_off_resets_after_ten_minutes_without_a_restart() {
+        let t0 = Instant::now();
+        let mut backoff = CrashBackoff::default();
+        backoff.restarting(t0);
+        backoff.restarting(t0 + Duration::from_secs(5));
+        let long_run_end = t0 + Duration::from_secs(5) + BACKOFF_RESET + Duration::from_secs(1);
+        assert_eq!(
+            backoff.restart_at(long_run_end, long_run_end),
+            None,
+            "a run longer than 600 s restarts at once"
+        );
+        backoff.restarting(long_run_end);
+        assert_eq!(backoff.delay(), BACKOFF_INITIAL);
+        let short = long_run_end + Duration::from_secs(1);
+        assert_eq!(
+            backoff.restart_at(short, short),
+            Some(short + BACKOFF_INITIAL)
+        );
+    }
+
+    #[test]
+    fn restart_policy_decides_which_exits_restart() {
+        let now = Instant::now();
+        for (policy, code, restarts) in [
+            ("Always", 0, true),
+            ("Always", 1, true),
+            ("OnFailure", 0, false),
+            ("OnFailure", 2, true),
+            ("Never", 0, false),
+            ("Never", 137, false),
+        ] {
+            let mut r = record(vec![RunState::creating()]);
+            r.restart_policy = policy.into();
+            ended(&mut r.containers[0], code, now);
+            let expected: &[&str] = if restarts { &["c0"] } else { &[] };
+            assert_eq!(plan(&r, now).start, expected, "{policy} exit {code}");
+        }
+    }
+
+    #[test]
+    fn a_crash_looping_container_waits_shows_back_off_once_then_restarts() {
+        let now = Instant::now();
+        let mut r = record(vec![RunState::creating()]);
+        let c = &mut r.containers[0];
+        ended(c, 1, now);
+        let _ = c.begin_attempt();
+        ended(c, 1, now);
+        let p = plan(&r, now);
+        assert_eq!(p.show_crash_backoff, ["c0"]);
+        assert!(p.start.is_empty());
+        let _ = r.containers[0].wait_crash_backoff("web-n_default(u)");
+        let p = plan(&r, now + Duration::from_secs(3));
+        assert!(p.show_crash_backoff.is_empty(), "shown once per exit");
+        assert_eq!(p.wake_at, Some(now + BACKOFF_INITIAL));
+        assert_eq!(plan(&r, now + BACKOFF_INITIAL).start, ["c0"]);
+        assert_eq!(
+            r.phase(),
+            "Running",
+            "a crash-looping container counts as stopped"
+        );
+    }
+
+    #[test]
+    fn an_exited_sidecar_restarts_even_under_never() {
+        let now = Instant::now();
+        let running = RunState::Running {
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+        };
+        let mut r = record(vec![running]);
+        r.restart_policy = "Never".into();
+        r.init_containers = vec![init("side", RunState::creating(), true)];
+        ended(&mut r.init_containers[0], 0, now);
+        assert_eq!(plan(&r, now).start, ["side"]);
+    }
+
+    #[test]
+    fn terminated_containers_under_never_stay_terminated() {
+        let mut r = record(vec![RunState::creating()]);
+        r.restart_policy = "Never".into();
+        ended(&mut r.containers[0], 1, Instant::now());
         assert_eq!(plan(&r, Instant::now()), Plan::default());
     }
 }

@@ -49,9 +49,31 @@ pub struct SandboxFailure {
     pub message: String,
 }
 
+/// One of a pod's containers as containerd has it, for adoption.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExistingContainer {
+    pub id: String,
+    /// The pod's container name; [`crate::runtime::labels::SANDBOX_NAME`]
+    /// for the sandbox.
+    pub name: String,
+    /// The restart count label of the run, if set.
+    pub restart_count: Option<u32>,
+    pub created_at: Option<jiff::Timestamp>,
+    /// `None`: no task (never started, or deleted after its exit).
+    pub task: Option<TaskState>,
+}
+
 pub trait PodRuntime: Send + Sync + 'static {
     /// Cgroup, volumes, network (with hostPorts) and shared files of a pod.
     fn prepare_sandbox(
+        &self,
+        pod: &DesiredPod,
+    ) -> impl Future<Output = Result<SandboxEnvironment, SandboxFailure>> + Send;
+
+    /// What an earlier run of the agent prepared for a pod whose sandbox
+    /// still runs, found again without changing it (the network keeps its
+    /// address, volumes their content).
+    fn adopt_sandbox(
         &self,
         pod: &DesiredPod,
     ) -> impl Future<Output = Result<SandboxEnvironment, SandboxFailure>> + Send;
@@ -83,9 +105,15 @@ pub trait PodRuntime: Send + Sync + 'static {
         new: NewContainer<'_>,
     ) -> impl Future<Output = Result<u32, RuntimeError>> + Send;
 
-    /// SIGTERM, then SIGKILL to all its processes once `grace` has passed;
-    /// returns when the task has exited or is gone.
-    fn stop_container(&self, id: &str, grace: Duration) -> impl Future<Output = ()> + Send;
+    /// `signal` (SIGTERM or the image's StopSignal), then SIGKILL to all
+    /// its processes once `grace` has passed; returns when the task has
+    /// exited or is gone.
+    fn stop_container(
+        &self,
+        id: &str,
+        signal: i32,
+        grace: Duration,
+    ) -> impl Future<Output = ()> + Send;
 
     /// Deletes an exited task, keeping the container record.
     fn delete_task(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
@@ -96,6 +124,12 @@ pub trait PodRuntime: Send + Sync + 'static {
     /// Removes every container labelled with this pod UID, app containers
     /// before the sandbox.
     fn remove_pod(&self, uid: &str) -> impl Future<Output = ()> + Send;
+
+    /// Every container of the pod, with its task's state.
+    fn pod_containers(
+        &self,
+        uid: &str,
+    ) -> impl Future<Output = Result<Vec<ExistingContainer>, RuntimeError>> + Send;
 
     /// UIDs of all pods that have containers.
     fn pod_uids(&self) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;

@@ -10,10 +10,10 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::time::Instant;
 
-use super::plan::Retry;
+use super::plan::{CrashBackoff, Retry};
 
 /// One container's life as the worker saw it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum RunState {
     Waiting {
         reason: String,
@@ -25,6 +25,8 @@ pub enum RunState {
     Terminated {
         exit_code: i32,
         reason: String,
+        /// Why it could not start (`StartError`); empty otherwise.
+        message: String,
         started_at: Option<jiff::Timestamp>,
         finished_at: Option<jiff::Timestamp>,
     },
@@ -58,8 +60,29 @@ impl RunState {
         RunState::Terminated {
             exit_code: exit_status as i32,
             reason: reason.into(),
+            message: String::new(),
             started_at,
             finished_at,
+        }
+    }
+
+    /// A run whose task could not be created or started: containerd CRI's
+    /// `StartError` with exit code 128.
+    pub fn start_error(message: String) -> RunState {
+        let now = jiff::Timestamp::now();
+        RunState::Terminated {
+            exit_code: 128,
+            reason: "StartError".into(),
+            message,
+            started_at: Some(now),
+            finished_at: Some(now),
+        }
+    }
+
+    fn exit_code(&self) -> Option<i32> {
+        match self {
+            RunState::Terminated { exit_code, .. } => Some(*exit_code),
+            _ => None,
         }
     }
 }
@@ -73,6 +96,10 @@ pub struct ContainerRecord {
     /// containerd ID of the current run, once created.
     pub container_id: Option<String>,
     pub state: RunState,
+    /// The previous run's end (`lastState`), once there was a restart or a
+    /// crash back-off, and that run's containerd ID.
+    pub last_state: Option<RunState>,
+    pub last_container_id: Option<String>,
     pub restart_count: i32,
     /// Runs started so far; the restart count is one less.
     pub runs: u32,
@@ -81,6 +108,20 @@ pub struct ContainerRecord {
     pub attempts: u32,
     /// Back-off of failed attempts to start it.
     pub retry: Retry,
+    /// When the last run ended, while a restart is yet to happen.
+    pub finished: Option<Instant>,
+    /// Back-off between restarts after exits.
+    pub crash: CrashBackoff,
+    /// The signal that asks the current run to stop: the image's
+    /// StopSignal, SIGTERM by default.
+    pub stop_signal: i32,
+    /// Which probes the spec gives it: without a startup probe a run counts
+    /// as started once running; without a readiness probe, started is ready.
+    pub has_startup_probe: bool,
+    pub has_readiness_probe: bool,
+    /// The current run's startup and readiness probe verdicts.
+    pub startup_passed: bool,
+    pub readiness_passed: bool,
     /// When a shown `ErrImagePull` turns into `ImagePullBackOff`.
     pub pull_backoff_at: Option<Instant>,
     /// An init container with `restartPolicy: Always`: a native sidecar,
@@ -96,10 +137,19 @@ impl ContainerRecord {
             image_id: String::new(),
             container_id: None,
             state,
+            last_state: None,
+            last_container_id: None,
             restart_count: 0,
             runs: 0,
             attempts: 0,
             retry: Retry::default(),
+            finished: None,
+            crash: CrashBackoff::default(),
+            stop_signal: libc::SIGTERM,
+            has_startup_probe: false,
+            has_readiness_probe: false,
+            startup_passed: false,
+            readiness_passed: false,
             pull_backoff_at: None,
             sidecar: false,
         }
@@ -109,19 +159,169 @@ impl ContainerRecord {
         matches!(self.state, RunState::Running { .. })
     }
 
+    /// `started` in status: running, and past its startup probe if any.
+    pub fn is_started(&self) -> bool {
+        self.is_running() && (!self.has_startup_probe || self.startup_passed)
+    }
+
+    /// `ready` in status: started, and passing its readiness probe if any.
+    pub fn is_ready(&self) -> bool {
+        self.is_started() && (!self.has_readiness_probe || self.readiness_passed)
+    }
+
+    /// The exit code of the run that ended last: the current state's, or,
+    /// while waiting to restart, the previous run's.
+    fn last_exit_code(&self) -> Option<i32> {
+        self.state.exit_code().or_else(|| match self.state {
+            RunState::Waiting { .. } => self.last_state.as_ref()?.exit_code(),
+            _ => None,
+        })
+    }
+
     pub fn succeeded(&self) -> bool {
-        matches!(self.state, RunState::Terminated { exit_code: 0, .. })
+        self.last_exit_code() == Some(0)
     }
 
     pub fn failed(&self) -> bool {
-        matches!(self.state, RunState::Terminated { exit_code, .. } if exit_code != 0)
+        self.last_exit_code().is_some_and(|code| code != 0)
+    }
+
+    /// Stopped for now: terminated, or waiting to restart after a run.
+    pub fn stopped(&self) -> bool {
+        self.last_exit_code().is_some()
+    }
+
+    /// Whether an exited run is followed by another (the kubelet's
+    /// `ShouldContainerBeRestarted`); a sidecar always restarts.
+    pub fn should_restart(&self, policy: &str) -> bool {
+        if self.sidecar {
+            return true;
+        }
+        match policy {
+            "Never" => false,
+            "OnFailure" => self.failed(),
+            _ => true,
+        }
+    }
+
+    pub fn in_crash_backoff(&self) -> bool {
+        matches!(&self.state, RunState::Waiting { reason, .. } if reason == "CrashLoopBackOff")
+    }
+
+    /// An attempt at a new run begins: after an exit, the crash back-off
+    /// grows and the run that ended becomes `lastState`.
+    /// Returns the container of the run before, which is no longer needed.
+    #[must_use]
+    pub fn begin_attempt(&mut self) -> Option<String> {
+        if let Some(finished) = self.finished.take() {
+            self.crash.restarting(finished);
+        }
+        self.keep_as_last_state()
+    }
+
+    /// A run started; the restart count counts the runs before it.
+    pub fn started(&mut self, id: String, image_id: String, at: jiff::Timestamp) {
+        self.restart_count = self.runs as i32;
+        self.runs += 1;
+        self.container_id = Some(id);
+        self.image_id = image_id;
+        self.state = RunState::Running { started_at: at };
+        self.startup_passed = false;
+        self.readiness_passed = false;
+        self.retry = Retry::default();
+        self.pull_backoff_at = None;
+    }
+
+    /// The container was made but its task would not start: a run that
+    /// ended at once, restarted (or not) like any other exit.
+    pub fn failed_to_start(&mut self, id: String, message: String, now: Instant) {
+        self.restart_count = self.runs as i32;
+        self.runs += 1;
+        self.container_id = Some(id);
+        self.retry = Retry::default();
+        self.ended(RunState::start_error(message), now);
+    }
+
+    /// The run that ended becomes `lastState`; returns the container ID of
+    /// the run it replaces there, if that was another.
+    #[must_use]
+    pub fn keep_as_last_state(&mut self) -> Option<String> {
+        if let RunState::Terminated { .. } = self.state {
+            self.last_state = Some(self.state.clone());
+            let replaced =
+                std::mem::replace(&mut self.last_container_id, self.container_id.clone());
+            return replaced.filter(|id| Some(id) != self.last_container_id.as_ref());
+        }
+        None
+    }
+
+    /// The current run's container vanished unseen (the kubelet's
+    /// `ContainerStatusUnknown`, exit code 137).
+    pub fn lost(&mut self, now: Instant) {
+        let started_at = match self.state {
+            RunState::Running { started_at } => Some(started_at),
+            _ => None,
+        };
+        let state = RunState::Terminated {
+            exit_code: 137,
+            reason: "ContainerStatusUnknown".into(),
+            message: "The container could not be located when the pod was terminated".into(),
+            started_at,
+            finished_at: Some(jiff::Timestamp::now()),
+        };
+        self.ended(state, now);
+    }
+
+    /// A run found already running by an agent that restarted before it
+    /// could note it.
+    pub fn adopted_run(
+        &mut self,
+        id: String,
+        restart_count: Option<u32>,
+        started_at: Option<jiff::Timestamp>,
+    ) {
+        // The replaced run's container is not kept by adoption anyway.
+        let _ = self.begin_attempt();
+        self.started(
+            id,
+            self.image_id.clone(),
+            started_at.unwrap_or_else(jiff::Timestamp::now),
+        );
+        if let Some(n) = restart_count {
+            self.restart_count = n as i32;
+            self.runs = n + 1;
+        }
+    }
+
+    /// The current run ended at `now` (by the clock of back-offs).
+    pub fn ended(&mut self, state: RunState, now: Instant) {
+        self.state = state;
+        self.finished = Some(now);
+    }
+
+    /// Waiting out the crash back-off: the kubelet shows `CrashLoopBackOff`
+    /// with the previous run as `lastState`.
+    /// Returns the container no longer needed, as [`Self::begin_attempt`].
+    #[must_use]
+    pub fn wait_crash_backoff(&mut self, pod: &str) -> Option<String> {
+        let delay = self.crash.delay();
+        let replaced = self.keep_as_last_state();
+        self.state = RunState::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: format!(
+                "back-off {} restarting failed container={} pod={pod}",
+                go_duration(delay),
+                self.name
+            ),
+        };
+        replaced
     }
 
     /// Done as an init step: a regular init container that succeeded, or
     /// a sidecar that runs.
     pub fn initialized(&self) -> bool {
         if self.sidecar {
-            self.is_running()
+            self.is_started()
         } else {
             self.succeeded()
         }
@@ -156,7 +356,9 @@ impl PodRecord {
         if !self.initialized() {
             return "Pending";
         }
-        let waiting = |c: &&ContainerRecord| matches!(c.state, RunState::Waiting { .. });
+        // A container waiting to restart counts as stopped, as in getPhase.
+        let waiting =
+            |c: &&ContainerRecord| matches!(c.state, RunState::Waiting { .. }) && !c.stopped();
         if self.containers.is_empty() || self.containers.iter().any(|c| waiting(&c)) {
             return "Pending";
         }
@@ -192,12 +394,17 @@ impl PodRecord {
     /// The `v1.PodStatus` the API shows.
     pub fn to_status(&self) -> PodStatus {
         let statuses: Vec<ContainerStatus> = self.containers.iter().map(container_status).collect();
-        let ready = statuses.iter().all(|s| s.ready);
-        let unready: Vec<&str> = statuses
+        // Sidecars count for readiness, as in the kubelet's generate.go.
+        let unready: Vec<&str> = self
+            .init_containers
             .iter()
-            .filter(|s| !s.ready)
-            .map(|s| s.name.as_str())
+            .filter(|c| c.sidecar)
+            .chain(&self.containers)
+            .filter(|c| !c.is_ready())
+            .map(|c| c.name.as_str())
             .collect();
+        let ready = unready.is_empty();
+        let phase = self.phase();
         let condition =
             |type_: &str, ok: bool, reason: Option<&str>, message: Option<String>| PodCondition {
                 type_: type_.into(),
@@ -207,7 +414,18 @@ impl PodRecord {
                 last_transition_time: self.start_time.map(Time),
                 ..Default::default()
             };
-        let not_ready_message = format!("containers with unready status: [{}]", unready.join(" "));
+        // A pod that completed is not ready, for that reason.
+        let (not_ready_reason, not_ready_message) = if phase == "Succeeded" {
+            ("PodCompleted", None)
+        } else {
+            (
+                "ContainersNotReady",
+                Some(format!(
+                    "containers with unready status: [{}]",
+                    unready.join(" ")
+                )),
+            )
+        };
         let incomplete: Vec<&str> = self
             .init_containers
             .iter()
@@ -219,7 +437,7 @@ impl PodRecord {
             incomplete.join(" ")
         );
         PodStatus {
-            phase: Some(self.phase().into()),
+            phase: Some(phase.into()),
             host_ip: self.host_ip.clone(),
             host_ips: self
                 .host_ip
@@ -248,14 +466,14 @@ impl PodRecord {
                 condition(
                     "Ready",
                     ready,
-                    Some("ContainersNotReady"),
-                    Some(not_ready_message.clone()),
+                    Some(not_ready_reason),
+                    not_ready_message.clone(),
                 ),
                 condition(
                     "ContainersReady",
                     ready,
-                    Some("ContainersNotReady"),
-                    Some(not_ready_message),
+                    Some(not_ready_reason),
+                    not_ready_message,
                 ),
                 condition("PodScheduled", true, None, None),
             ]),
@@ -263,6 +481,33 @@ impl PodRecord {
             init_container_statuses: (!self.init_containers.is_empty())
                 .then(|| self.init_containers.iter().map(container_status).collect()),
             ..Default::default()
+        }
+    }
+
+    /// The sandbox is gone, and with it every container: running ones
+    /// count as killed, and init containers run again in the new sandbox,
+    /// as the kubelet does after `SandboxChanged`.
+    pub fn sandbox_lost(&mut self, now: Instant) {
+        self.sandbox_pid = None;
+        for c in self
+            .init_containers
+            .iter_mut()
+            .chain(self.containers.iter_mut())
+        {
+            if let RunState::Running { started_at } = c.state {
+                let killed =
+                    RunState::exited(137, false, Some(started_at), Some(jiff::Timestamp::now()));
+                c.ended(killed, now);
+            }
+        }
+        for c in self.init_containers.iter_mut().filter(|c| !c.sidecar) {
+            // The sandbox's removal took every container with it.
+            let _ = c.keep_as_last_state();
+            c.finished = None;
+            c.state = RunState::Waiting {
+                reason: "PodInitializing".into(),
+                message: String::new(),
+            };
         }
     }
 
@@ -285,8 +530,31 @@ impl PodRecord {
 }
 
 fn container_status(c: &ContainerRecord) -> ContainerStatus {
+    ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        image_id: c.image_id.clone(),
+        container_id: c.container_id.as_deref().map(cri_id),
+        ready: c.is_ready(),
+        started: Some(c.is_started()),
+        restart_count: c.restart_count,
+        state: Some(api_state(&c.state, c.container_id.as_deref())),
+        last_state: c
+            .last_state
+            .as_ref()
+            .map(|last| api_state(last, c.last_container_id.as_deref())),
+        ..Default::default()
+    }
+}
+
+/// `containerd://<id>`, as the kubelet names containers in status.
+fn cri_id(id: &str) -> String {
+    format!("containerd://{id}")
+}
+
+fn api_state(state: &RunState, container_id: Option<&str>) -> ContainerState {
     let time = |t: &Option<jiff::Timestamp>| t.map(Time);
-    let state = match &c.state {
+    match state {
         RunState::Waiting { reason, message } => ContainerState {
             waiting: Some(ContainerStateWaiting {
                 reason: Some(reason.clone()),
@@ -303,37 +571,35 @@ fn container_status(c: &ContainerRecord) -> ContainerStatus {
         RunState::Terminated {
             exit_code,
             reason,
+            message,
             started_at,
             finished_at,
         } => ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: *exit_code,
+                // The runc shim reports a death by signal N as 128 + N.
+                signal: (129..=128 + 64)
+                    .contains(exit_code)
+                    .then_some(exit_code - 128),
                 reason: Some(reason.clone()),
+                message: (!message.is_empty()).then(|| message.clone()),
                 started_at: time(started_at),
                 finished_at: time(finished_at),
-                container_id: c
-                    .container_id
-                    .as_ref()
-                    .map(|id| format!("containerd://{id}")),
-                ..Default::default()
+                container_id: container_id.map(cri_id),
             }),
             ..Default::default()
         },
-    };
-    let running = matches!(c.state, RunState::Running { .. });
-    ContainerStatus {
-        name: c.name.clone(),
-        image: c.image.clone(),
-        image_id: c.image_id.clone(),
-        container_id: c
-            .container_id
-            .as_ref()
-            .map(|id| format!("containerd://{id}")),
-        ready: running,
-        started: Some(running),
-        restart_count: c.restart_count,
-        state: Some(state),
-        ..Default::default()
+    }
+}
+
+/// A whole-second duration the way Go prints it (`40s`, `1m20s`, `5m0s`),
+/// as the kubelet's back-off messages show it.
+pub fn go_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match (secs / 3600, secs % 3600 / 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
     }
 }
 

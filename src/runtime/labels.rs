@@ -16,6 +16,9 @@ pub const POD_NAMESPACE: &str = "io.podkeeper.pod.namespace";
 pub const CONTAINER_NAME: &str = "io.podkeeper.container.name";
 /// `sandbox` for the pause container, `container` for the pod's own.
 pub const KIND: &str = "io.podkeeper.kind";
+/// A container run's restart count, so a restarted agent knows it even
+/// without its checkpoint file.
+pub const RESTART_COUNT: &str = "io.podkeeper.container.restart-count";
 
 pub const KIND_SANDBOX: &str = "sandbox";
 pub const KIND_CONTAINER: &str = "container";
@@ -37,6 +40,13 @@ pub fn for_container(pod: &DesiredPod, container: &str) -> HashMap<String, Strin
         (CONTAINER_NAME.to_string(), container.to_string()),
         (KIND.to_string(), kind.to_string()),
     ])
+}
+
+/// Labels for one run of a pod's container.
+pub fn for_run(pod: &DesiredPod, container: &str, restart_count: u32) -> HashMap<String, String> {
+    let mut labels = for_container(pod, container);
+    labels.insert(RESTART_COUNT.into(), restart_count.to_string());
+    labels
 }
 
 /// containerd filter selecting every object of one pod.
@@ -86,6 +96,11 @@ pub fn container_id(uid: &str, container: &str, attempt: u32) -> String {
     format!("{}-c-{name}-{attempt}", id_prefix(uid))
 }
 
+/// The attempt number a [`container_id`] ends with.
+pub fn attempt_of(container_id: &str) -> Option<u32> {
+    container_id.rsplit('-').next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +130,13 @@ mod tests {
         }
         let unique: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());
+    }
+
+    #[test]
+    fn the_attempt_is_read_back_from_the_id() {
+        assert_eq!(attempt_of(&container_id(UID, "app-7", 12)), Some(12));
+        assert_eq!(attempt_of(&container_id(UID, &"x".repeat(60), 3)), Some(3));
+        assert_eq!(attempt_of(&sandbox_id(UID)), None);
     }
 
     #[test]

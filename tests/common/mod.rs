@@ -8,3 +8,4 @@ pub mod containerd;
 pub mod process;
 pub mod registry;
 pub mod synthetic;
+pub mod tasks;

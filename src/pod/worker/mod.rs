@@ -19,8 +19,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+mod adopt;
 mod start;
+mod stop;
 
+use super::checkpoint::{Checkpoint, Clocks};
 use super::plan::plan;
 use super::runtime::{PodRuntime, SandboxEnvironment};
 use super::state::{ContainerRecord, PodRecord, RunState};
@@ -35,12 +38,19 @@ use crate::status::store::StatusStore;
 /// How long the pause process gets to exit on SIGTERM before SIGKILL.
 const SANDBOX_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often a worker asks containerd about its running containers, in
+/// case the event stream lost an exit: a safety net, not the way exits are
+/// normally learned.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
+
 /// What every worker shares.
 pub struct WorkerContext<R> {
     pub runtime: Arc<R>,
     pub status: Arc<StatusStore>,
     pub recorder: Recorder,
     pub pod_log_dir: PathBuf,
+    /// Where pod checkpoints are kept (`<state-dir>`).
+    pub state_dir: PathBuf,
 }
 
 /// Why one container could not be started.
@@ -48,6 +58,9 @@ struct StartFailure {
     /// Waiting reason, e.g. `ErrImagePull`, `CreateContainerError`.
     reason: &'static str,
     message: String,
+    /// The container's ID when it was made but its task failed to start
+    /// (`RunContainerError`): that attempt counts as a run.
+    id: Option<String>,
 }
 
 /// A container that was started.
@@ -55,6 +68,8 @@ struct Started {
     id: String,
     image_id: String,
     at: jiff::Timestamp,
+    /// The image's stop signal.
+    stop_signal: i32,
 }
 
 pub struct Worker<R> {
@@ -125,9 +140,11 @@ impl<R: PodRuntime> Worker<R> {
 
     /// Runs the pod until it is told to stop, then removes it.
     pub async fn run(mut self) {
+        self.adopt().await;
         self.publish();
-        self.ctx.runtime.remove_pod(self.pod.uid()).await;
-        self.ctx.runtime.release_sandbox(&self.pod).await;
+        let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        recheck.tick().await;
         loop {
             let now = Instant::now();
             let plan = plan(&self.record, now);
@@ -139,10 +156,16 @@ impl<R: PodRuntime> Worker<R> {
             for name in &plan.show_pull_backoff {
                 self.show_pull_backoff(name);
             }
+            for name in &plan.show_crash_backoff {
+                self.show_crash_backoff(name).await;
+            }
             if !plan.start.is_empty() {
                 self.start_containers(&plan.start).await;
             }
-            if !plan.show_pull_backoff.is_empty() || !plan.start.is_empty() {
+            if !plan.show_pull_backoff.is_empty()
+                || !plan.show_crash_backoff.is_empty()
+                || !plan.start.is_empty()
+            {
                 self.publish();
                 continue;
             }
@@ -154,6 +177,7 @@ impl<R: PodRuntime> Worker<R> {
                     None => break,
                 },
                 Ok(()) = self.arrivals.changed() => self.retry_image_waits(),
+                _ = recheck.tick() => self.recheck_tasks().await,
                 _ = tokio::time::sleep_until(plan.wake_at.unwrap_or(far)) => {}
             }
         }
@@ -180,8 +204,13 @@ impl<R: PodRuntime> Worker<R> {
         }
     }
 
+    /// Shows the pod's status and saves its checkpoint.
     fn publish(&self) {
         self.ctx.status.set(self.pod.uid(), self.record.to_status());
+        let checkpoint = Checkpoint::of(&self.record, Clocks::now());
+        if let Err(e) = checkpoint.save(&self.checkpoint_path()) {
+            warn!(pod = %self.pod.name(), error = %e, "cannot save the pod's checkpoint");
+        }
     }
 
     /// Prepares what the sandbox stands on (cgroup, volumes, network,
@@ -268,17 +297,18 @@ impl<R: PodRuntime> Worker<R> {
                 exit_status,
                 exited_at,
             } => {
-                // The sandbox ID is reused across runs: ignore the exit of
-                // an earlier run's pause process.
-                let stale = container_id == self.sandbox_id && Some(pid) != self.record.sandbox_pid;
-                if !stale {
+                if container_id == self.sandbox_id {
+                    // The sandbox ID is reused across sandboxes: ignore the
+                    // exit of an earlier one's pause process.
+                    if Some(pid) == self.record.sandbox_pid {
+                        self.on_sandbox_exit(exit_status).await;
+                    }
+                } else {
                     self.on_exit(&container_id, exit_status, exited_at);
-                    if container_id != self.sandbox_id {
-                        // As containerd's CRI plugin does: an exited task
-                        // only holds its shim and log writer.
-                        if let Err(e) = self.ctx.runtime.delete_task(&container_id).await {
-                            warn!(container = %container_id, error = %e, "cannot delete the exited task");
-                        }
+                    // As containerd's CRI plugin does: an exited task only
+                    // holds its shim and log writer.
+                    if let Err(e) = self.ctx.runtime.delete_task(&container_id).await {
+                        warn!(container = %container_id, error = %e, "cannot delete the exited task");
                     }
                 }
             }
@@ -310,11 +340,6 @@ impl<R: PodRuntime> Worker<R> {
         exit_status: u32,
         exited_at: Option<jiff::Timestamp>,
     ) {
-        if container_id == self.sandbox_id {
-            warn!(pod = %self.pod.name(), exit_status, "the pod sandbox exited");
-            self.publish();
-            return;
-        }
         let oom = self.oom_killed.remove(container_id);
         let Some(name) = self.record.ids().remove(container_id) else {
             return;
@@ -322,28 +347,77 @@ impl<R: PodRuntime> Worker<R> {
         let Some(record) = self.record.container_mut(&name) else {
             return;
         };
+        if !record.is_running() {
+            // Already seen, e.g. by a re-check racing the event.
+            return;
+        }
         let started_at = match record.state {
             RunState::Running { started_at } => Some(started_at),
             _ => None,
         };
-        record.state = RunState::exited(exit_status, oom, started_at, exited_at);
+        record.ended(
+            RunState::exited(exit_status, oom, started_at, exited_at),
+            Instant::now(),
+        );
         info!(pod = %self.pod.name(), container = %name, exit_status, "container exited");
-        let is_init = self.record.init_containers.iter().any(|c| c.name == name);
-        let never = self.record.restart_policy == "Never";
-        if let Some(record) = self.record.container_mut(&name) {
-            // A failed init container, or a sidecar that stopped, is tried
-            // again after a back-off (app container restarts come with the
-            // lifecycle work).
-            if is_init && (record.sidecar || (record.failed() && !never)) {
-                record.retry.failed(Instant::now());
-            }
-        }
         self.publish();
     }
 
-    /// After the event stream was re-established: exits may have been
-    /// missed, so ask containerd about every container believed running.
+    /// The pause process died, taking the pod's namespaces with it: as the
+    /// kubelet, kill the containers, remove the sandbox and make a new one;
+    /// the containers restart in it by their restart policy.
+    async fn on_sandbox_exit(&mut self, exit_status: u32) {
+        warn!(pod = %self.pod.name(), exit_status, "the pod sandbox exited; re-creating it");
+        self.record_pod_event(
+            EventType::Normal,
+            "SandboxChanged",
+            "Pod sandbox changed, it will be killed and re-created.",
+        );
+        self.ctx.runtime.remove_pod(self.pod.uid()).await;
+        self.ctx.runtime.release_sandbox(&self.pod).await;
+        self.environment = None;
+        self.record.sandbox_lost(Instant::now());
+        self.publish();
+    }
+
+    /// An exited container must wait before its restart: `CrashLoopBackOff`
+    /// and a `BackOff` Warning, as the kubelet's `doBackOff`.
+    async fn show_crash_backoff(&mut self, name: &str) {
+        let pod = format!(
+            "{}_{}({})",
+            self.pod.name(),
+            self.pod.namespace(),
+            self.pod.uid()
+        );
+        let init = self.record.init_containers.iter().any(|c| c.name == name);
+        let Some(record) = self.record.container_mut(name) else {
+            return;
+        };
+        let superseded = record.wait_crash_backoff(&pod);
+        self.ctx.recorder.record(
+            ObjectRef::container(&self.pod, name, init),
+            EventType::Warning,
+            "BackOff",
+            format!("Back-off restarting failed container {name} in pod {pod}"),
+        );
+        self.remove_superseded(superseded).await;
+    }
+
+    /// After the event stream was re-established, and now and then: exits
+    /// may have been missed, so ask containerd about the sandbox and every
+    /// container believed running.
     async fn recheck_tasks(&mut self) {
+        if self.record.sandbox_pid.is_some() {
+            match self.ctx.runtime.task_state(&self.sandbox_id).await {
+                Ok(TaskState::Running { .. }) => {}
+                Ok(TaskState::Stopped(exit)) => {
+                    return self.on_sandbox_exit(exit.exit_status).await
+                }
+                Ok(TaskState::Other) => {}
+                Err(e) if e.is_not_found() => return self.on_sandbox_exit(255).await,
+                Err(e) => warn!(pod = %self.pod.name(), error = %e, "cannot check the sandbox"),
+            }
+        }
         let running: Vec<String> = self
             .record
             .init_containers
@@ -354,55 +428,54 @@ impl<R: PodRuntime> Worker<R> {
             .collect();
         for id in running {
             match self.ctx.runtime.task_state(&id).await {
-                Ok(TaskState::Stopped(exit)) => self.on_exit(&id, exit.exit_status, exit.exited_at),
+                Ok(TaskState::Stopped(exit)) => {
+                    self.on_exit(&id, exit.exit_status, exit.exited_at);
+                    if let Err(e) = self.ctx.runtime.delete_task(&id).await {
+                        warn!(container = %id, error = %e, "cannot delete the exited task");
+                    }
+                }
                 Ok(_) => {}
-                Err(e) if e.is_not_found() => self.on_exit(&id, 255, None),
+                Err(e) if e.is_not_found() => {
+                    if let Some(name) = self.record.ids().remove(&id) {
+                        if let Some(record) = self.record.container_mut(&name) {
+                            record.lost(Instant::now());
+                        }
+                        self.publish();
+                    }
+                }
                 Err(e) => warn!(pod = %self.pod.name(), error = %e, "cannot check container"),
             }
         }
     }
 
-    /// Stops the containers (in parallel, SIGTERM then SIGKILL after the
-    /// grace period), then the sandbox, and removes every object of the pod.
+    /// Stops the containers (in parallel, each as [`Worker::kill_container`]
+    /// does), then the sandbox, and removes every object of the pod.
     async fn stop_pod(&mut self) {
-        let grace = self
-            .pod
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
-            .unwrap_or(crate::manifest::parse::DEFAULT_GRACE_PERIOD_SECONDS)
-            .max(0) as u64;
         // App containers first, then sidecars and a running init container,
         // as the kubelet orders termination.
-        let runtime = &self.ctx.runtime;
-        for (list, init) in [
-            (&self.record.containers, false),
-            (&self.record.init_containers, true),
-        ] {
-            let running: Vec<(&str, &str)> = list
+        let grace = self.grace_period(None);
+        for list in [&self.record.containers, &self.record.init_containers] {
+            let running: Vec<&str> = list
                 .iter()
                 .filter(|c| c.is_running())
-                .filter_map(|c| Some((c.name.as_str(), c.container_id.as_deref()?)))
+                .map(|c| c.name.as_str())
                 .collect();
-            let stops = running.iter().map(|(name, id)| {
-                self.ctx.recorder.record(
-                    ObjectRef::container(&self.pod, name, init),
-                    EventType::Normal,
-                    "Killing",
-                    format!("Stopping container {name}"),
-                );
-                runtime.stop_container(id, Duration::from_secs(grace))
-            });
+            let stops = running
+                .iter()
+                .map(|name| self.kill_container(name, grace, format!("Stopping container {name}")));
             futures::future::join_all(stops).await;
         }
+        let runtime = &self.ctx.runtime;
         if self.record.sandbox_pid.is_some() {
             runtime
-                .stop_container(&self.sandbox_id, SANDBOX_STOP_TIMEOUT)
+                .stop_container(&self.sandbox_id, libc::SIGTERM, SANDBOX_STOP_TIMEOUT)
                 .await;
         }
         runtime.remove_pod(self.pod.uid()).await;
         runtime.release_sandbox(&self.pod).await;
+        if let Err(e) = Checkpoint::remove(&self.checkpoint_path()) {
+            warn!(pod = %self.pod.name(), error = %e, "cannot remove the pod's checkpoint");
+        }
         if let Err(e) = std::fs::remove_dir_all(self.pod_log_dir()) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(pod = %self.pod.name(), error = %e, "cannot remove the pod's log directory");

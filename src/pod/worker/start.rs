@@ -31,6 +31,7 @@ impl<R: PodRuntime> Worker<R> {
             files: environment.files.clone(),
         };
         let mut attempts = Vec::new();
+        let mut superseded = Vec::new();
         for name in names {
             let Some((container, init)) = self.container_spec(name) else {
                 continue;
@@ -40,6 +41,7 @@ impl<R: PodRuntime> Worker<R> {
             };
             let attempt = record.attempts;
             record.attempts += 1;
+            superseded.extend(record.begin_attempt());
             // The kubelet names a run's log file by its restart count.
             attempts.push((container, init, attempt, record.runs));
         }
@@ -54,15 +56,16 @@ impl<R: PodRuntime> Worker<R> {
             };
             match result {
                 Ok(started) => {
-                    record.restart_count = record.runs as i32;
-                    record.runs += 1;
-                    record.container_id = Some(started.id);
-                    record.image_id = started.image_id;
-                    record.state = RunState::Running {
-                        started_at: started.at,
-                    };
-                    record.retry = Default::default();
-                    record.pull_backoff_at = None;
+                    record.stop_signal = started.stop_signal;
+                    record.started(started.id, started.image_id, started.at);
+                }
+                Err(StartFailure {
+                    reason: "RunContainerError",
+                    message,
+                    id: Some(id),
+                }) => {
+                    warn!(pod = %self.pod.name(), container = %container.name, file = %self.pod.source.display(), "cannot start container: {message}");
+                    record.failed_to_start(id, message, now);
                 }
                 Err(failure) => {
                     let wait = record.retry.failed(now);
@@ -75,6 +78,17 @@ impl<R: PodRuntime> Worker<R> {
                         message: failure.message,
                     };
                 }
+            }
+        }
+        self.remove_superseded(superseded).await;
+    }
+
+    /// Only the latest ended run is kept, as the kubelet's container
+    /// garbage collection keeps one dead container per container.
+    pub(super) async fn remove_superseded(&self, ids: impl IntoIterator<Item = String>) {
+        for old in ids {
+            if let Err(e) = self.ctx.runtime.remove_container(&old).await {
+                warn!(container = %old, error = %e, "cannot remove the container of an earlier run");
             }
         }
     }
@@ -103,7 +117,11 @@ impl<R: PodRuntime> Worker<R> {
                 "Failed",
                 format!("Error: {message}"),
             );
-            StartFailure { reason, message }
+            StartFailure {
+                reason,
+                message,
+                id: None,
+            }
         };
         let id = labels::container_id(self.pod.uid(), &container.name, attempt);
         let image = &ensured.image;
@@ -126,14 +144,17 @@ impl<R: PodRuntime> Worker<R> {
             image: &image.name,
             chain_id: &image.chain_id,
             spec: &oci,
-            labels: labels::for_container(&self.pod, &container.name),
+            labels: labels::for_run(&self.pod, &container.name, restart_count),
             log_target: Some(&log_target),
         };
         match self.ctx.runtime.run_container(new).await {
             Ok(_) => {}
             Err(e) => {
                 let _ = self.ctx.runtime.remove_container(&id).await;
-                return Err(fail("RunContainerError", e.to_string()));
+                return Err(StartFailure {
+                    id: Some(id),
+                    ..fail("RunContainerError", e.to_string())
+                });
             }
         }
         let name = &container.name;
@@ -153,6 +174,7 @@ impl<R: PodRuntime> Worker<R> {
             id,
             image_id: image.digest.clone(),
             at: jiff::Timestamp::now(),
+            stop_signal: image.config.stop_signal(),
         })
     }
 
@@ -277,6 +299,7 @@ impl<R: PodRuntime> Worker<R> {
                 Err(StartFailure {
                     reason: error.reason(),
                     message,
+                    id: None,
                 })
             }
         }
@@ -328,7 +351,9 @@ impl<R: PodRuntime> Worker<R> {
 
     /// `<pod-log-dir>/<namespace>_<name>_<uid>/<container>/<restart>.log`,
     /// the kubelet's layout, created empty (the shim opens it without
-    /// O_CREAT).
+    /// O_CREAT). Logs of runs before the previous one are removed, as the
+    /// kubelet removes them with their dead containers; the previous run's
+    /// stay for `logs --previous`.
     fn prepare_log_file(&self, container: &str, restart: u32) -> std::io::Result<PathBuf> {
         let dir = self.pod_log_dir().join(container);
         std::fs::create_dir_all(&dir)?;
@@ -337,6 +362,18 @@ impl<R: PodRuntime> Worker<R> {
             .create(true)
             .append(true)
             .open(&path)?;
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name();
+            let run = name
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            if run.is_some_and(|run| run + 1 < restart) {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    warn!(file = %entry.path().display(), error = %e, "cannot remove an old log file");
+                }
+            }
+        }
         Ok(path)
     }
 }

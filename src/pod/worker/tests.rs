@@ -13,7 +13,8 @@ struct Harness {
     uid: String,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
-    _logs: tempfile::TempDir,
+    state_dir: std::path::PathBuf,
+    _logs: Option<tempfile::TempDir>,
 }
 
 fn start(images: &[&str]) -> Harness {
@@ -21,21 +22,28 @@ fn start(images: &[&str]) -> Harness {
 }
 
 fn start_pod(manifest: &str, images: &[&str]) -> Harness {
+    let logs = tempfile::tempdir().unwrap();
+    let state = logs.path().join("state");
+    let mut h = start_pod_on(manifest, Arc::new(FakeRuntime::new(images)), state);
+    h._logs = Some(logs);
+    h
+}
+
+fn start_pod_on(manifest: &str, fake: Arc<FakeRuntime>, state_dir: std::path::PathBuf) -> Harness {
     let pod = crate::manifest::parse::parse_manifest(
         manifest.as_bytes(),
         std::path::Path::new("/m/web.yaml"),
         "n",
     )
     .unwrap();
-    let fake = Arc::new(FakeRuntime::new(images));
     let status = Arc::new(StatusStore::default());
     let (recorder, events) = test_recorder();
-    let logs = tempfile::tempdir().unwrap();
     let ctx = Arc::new(WorkerContext {
         runtime: fake.clone(),
         status: status.clone(),
         recorder,
-        pod_log_dir: logs.path().into(),
+        pod_log_dir: state_dir.join("logs"),
+        state_dir: state_dir.clone(),
     });
     let (exits, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -50,11 +58,16 @@ fn start_pod(manifest: &str, images: &[&str]) -> Harness {
         uid,
         stop: Some(stop_tx),
         task,
-        _logs: logs,
+        state_dir,
+        _logs: None,
     }
 }
 
 impl Harness {
+    fn state_dir(&self) -> std::path::PathBuf {
+        self.state_dir.clone()
+    }
+
     /// Tells the worker that container `name`'s current run exited.
     fn exit(&self, name: &str, attempt: u32, status: u32) {
         let event = RuntimeEvent::TaskExit {
@@ -187,14 +200,21 @@ async fn a_failing_init_container_is_retried_with_back_off() {
     settle().await;
     h.exit("setup", 0, 1);
     settle().await;
-    assert_eq!(h.init_states()[0], "Error");
+    assert_eq!(
+        h.init_states()[0],
+        "Running",
+        "the first restart is at once"
+    );
+    h.exit("setup", 1, 1);
+    settle().await;
+    assert_eq!(h.init_states()[0], "CrashLoopBackOff");
     assert_eq!(h.states(), ["PodInitializing"]);
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(h.init_states()[0], "Running");
     let status = h.status.get(&h.uid).unwrap();
     assert_eq!(
         status.init_container_statuses.clone().unwrap()[0].restart_count,
-        1
+        2
     );
     assert_eq!(status.phase.as_deref(), Some("Pending"));
 }
@@ -307,5 +327,220 @@ async fn stopping_stops_containers_then_the_sandbox_and_removes_everything() {
             .filter(|r| r.ends_with("Killing"))
             .count()
             == 2
+    );
+}
+
+const CRASHING: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: app, image: x:1}\n";
+
+/// Waits until attempt `attempt` of container `name` was run.
+async fn wait_run(h: &Harness, name: &str, attempt: u32) {
+    let id = labels::container_id(&h.uid, name, attempt);
+    while !h.fake.calls().contains(&format!("run {id}")) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// When each run of container `name` was started, by the paused clock.
+async fn run_times(h: &Harness, name: &str, runs: u32) -> Vec<u64> {
+    let t0 = Instant::now();
+    let mut times = Vec::new();
+    for attempt in 0..runs {
+        wait_run(h, name, attempt).await;
+        times.push(t0.elapsed().as_secs());
+        h.exit(name, attempt, 1);
+        settle().await;
+    }
+    times
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashing_container_restarts_at_once_then_after_10_20_40_seconds() {
+    let mut h = start_pod(CRASHING, &["x:1"]);
+    let times = run_times(&h, "app", 5).await;
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps, [0, 10, 20, 40]);
+    let status = h.status.get(&h.uid).unwrap();
+    let app = &status.container_statuses.clone().unwrap()[0];
+    assert_eq!(app.restart_count, 4);
+    let waiting = app.state.as_ref().unwrap().waiting.as_ref().unwrap();
+    assert_eq!(waiting.reason.as_deref(), Some("CrashLoopBackOff"));
+    assert_eq!(
+        waiting.message.as_deref(),
+        Some(
+            format!(
+                "back-off 1m20s restarting failed container=app pod=web-n_default({})",
+                h.uid
+            )
+            .as_str()
+        )
+    );
+    let last = app
+        .last_state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .unwrap();
+    assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
+    assert_eq!(
+        last.container_id.as_deref(),
+        Some(format!("containerd://{}", labels::container_id(&h.uid, "app", 4)).as_str())
+    );
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    let backoffs = h
+        .reasons()
+        .iter()
+        .filter(|r| *r == "spec.containers{app} BackOff")
+        .count();
+    assert_eq!(backoffs, 4, "one BackOff per wait");
+    // Of the ended runs, only the last one's container is kept.
+    let ids = h.fake.live_containers();
+    assert_eq!(
+        ids,
+        [
+            labels::container_id(&h.uid, "app", 4),
+            labels::sandbox_id(&h.uid)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_failure_restarts_only_failed_runs() {
+    let manifest = CRASHING.replace("spec:\n", "spec:\n  restartPolicy: OnFailure\n");
+    let h = start_pod(&manifest, &["x:1"]);
+    h.wait_for(&["Running"]).await;
+    h.exit("app", 0, 2);
+    h.wait_for(&["Running"]).await;
+    h.exit("app", 1, 0);
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(h.states(), ["Completed"]);
+    let status = h.status.get(&h.uid).unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_that_fails_to_start_is_a_start_error_run() {
+    let h = start_pod(CRASHING, &["x:1"]);
+    h.fake
+        .fail_next_run("app", "exec: \"nope\": executable file not found in $PATH");
+    settle().await;
+    assert_eq!(h.states(), ["Running"], "restarted at once");
+    let status = h.status.get(&h.uid).unwrap();
+    let app = &status.container_statuses.clone().unwrap()[0];
+    let last = app
+        .last_state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .unwrap();
+    assert_eq!(last.reason.as_deref(), Some("StartError"));
+    assert_eq!(last.exit_code, 128);
+    assert!(last
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("executable file not found"));
+    assert_eq!(app.restart_count, 1);
+}
+
+/// A second worker for the same pod over the same fake and state dir, as
+/// after an agent restart.
+fn restart_worker(h: &Harness) -> (Harness, Arc<FakeRuntime>) {
+    let mut next = start_pod_on(CRASHING, h.fake.clone(), h.state_dir());
+    next.uid = h.uid.clone();
+    let fake = h.fake.clone();
+    (next, fake)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_worker_adopts_running_containers_and_keeps_restart_counts() {
+    let h = start_pod(CRASHING, &["x:1"]);
+    h.wait_for(&["Running"]).await;
+    h.exit("app", 0, 1);
+    wait_run(&h, "app", 1).await;
+    settle().await;
+    let running = labels::container_id(&h.uid, "app", 1);
+    let pid = h.fake.pid_of(&running);
+    h.task.abort();
+    let runs_before = h
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("run "))
+        .count();
+
+    let (next, fake) = restart_worker(&h);
+    next.wait_for(&["Running"]).await;
+    settle().await;
+
+    let runs_after = fake
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("run "))
+        .count();
+    assert_eq!(runs_after, runs_before, "nothing was started again");
+    assert_eq!(fake.pid_of(&running), pid);
+    assert!(fake.calls().contains(&format!("adopt {}", h.uid)));
+    let status = next.status.get(&next.uid).unwrap();
+    assert_eq!(
+        status.container_statuses.clone().unwrap()[0].restart_count,
+        1
+    );
+    // It keeps following the adopted run: its exit leads to a restart
+    // with the grown back-off.
+    next.exit("app", 1, 1);
+    settle().await;
+    assert_eq!(next.states(), ["CrashLoopBackOff"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_that_exited_while_no_worker_watched_is_restarted() {
+    let h = start_pod(CRASHING, &["x:1"]);
+    h.wait_for(&["Running"]).await;
+    h.task.abort();
+    h.fake.exit_task(&labels::container_id(&h.uid, "app", 0), 3);
+    let (next, fake) = restart_worker(&h);
+    next.wait_for(&["Running"]).await;
+    assert!(fake.calls().contains(&format!(
+        "delete-task {}",
+        labels::container_id(&h.uid, "app", 0)
+    )));
+    let status = next.status.get(&next.uid).unwrap();
+    let app = &status.container_statuses.clone().unwrap()[0];
+    assert_eq!(app.restart_count, 1);
+    let last = app
+        .last_state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .unwrap();
+    assert_eq!(last.exit_code, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_sandbox_is_replaced_and_its_containers_restarted() {
+    let mut h = start_pod(CRASHING, &["x:1"]);
+    h.wait_for(&["Running"]).await;
+    let sandbox = labels::sandbox_id(&h.uid);
+    let pid = h.fake.pid_of(&sandbox).unwrap();
+    h.exits
+        .send(RuntimeEvent::TaskExit {
+            container_id: sandbox.clone(),
+            pid,
+            exit_status: 137,
+            exited_at: None,
+        })
+        .unwrap();
+    h.wait_for(&["Running"]).await;
+    settle().await;
+    assert_ne!(h.fake.pid_of(&sandbox), Some(pid), "a new sandbox");
+    assert!(h.reasons().contains(&" SandboxChanged".to_string()));
+    let status = h.status.get(&h.uid).unwrap();
+    assert_eq!(
+        status.container_statuses.clone().unwrap()[0].restart_count,
+        1
     );
 }

@@ -353,6 +353,7 @@ impl Containerd {
                 env: process.env().clone().unwrap_or_default(),
                 working_dir: process.working_dir().clone().unwrap_or_default(),
                 user: process.user().clone().unwrap_or_default(),
+                stop_signal: process.stop_signal().clone().unwrap_or_default(),
             },
             chain_id,
             size,

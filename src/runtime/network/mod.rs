@@ -546,6 +546,23 @@ impl Network {
         }
     }
 
+    /// The network a sandbox got from an earlier ADD, read back from the
+    /// result cache, for an agent that takes over a running pod.
+    pub fn adopt(&self, sandbox_id: &str) -> Result<PodNetwork, NetworkError> {
+        let cached = cache::read(
+            &self.results_dir(),
+            &self.list.name,
+            sandbox_id,
+            POD_INTERFACE,
+        )?
+        .ok_or_else(|| {
+            NetworkError::Request(format!("no cached network result for {sandbox_id}"))
+        })?;
+        exec::pod_network(&cached.result, POD_INTERFACE).map_err(|reason| {
+            NetworkError::Request(format!("the cached result for {sandbox_id}: {reason}"))
+        })
+    }
+
     fn results_dir(&self) -> PathBuf {
         self.settings.cni_state_dir().join("results")
     }

@@ -16,6 +16,7 @@ fn image() -> ImageConfig {
         env: vec!["PATH=/bin".into(), "LANG=C".into()],
         working_dir: "/srv".into(),
         user: String::new(),
+        stop_signal: String::new(),
     }
 }
 

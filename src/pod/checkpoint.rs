@@ -1,0 +1,269 @@
+//! What a pod worker must remember across agent restarts that containerd
+//! does not: restart counts, the crash back-off, the last run's end. One
+//! small JSON file per pod under `<state-dir>/pods/`, written by the pod's
+//! worker (its only writer) whenever the pod's status changes, read once
+//! when a new worker adopts the pod.
+//!
+//! Writes go through a temporary file and a rename, so a crash leaves the
+//! old or the new file, never half of one. A file that cannot be read is
+//! not fatal: the worker falls back to what the containers' labels say.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::plan::CrashBackoff;
+use super::state::{ContainerRecord, PodRecord, RunState};
+
+/// Marks the format, so a later one can tell old files apart.
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    version: u32,
+    containers: BTreeMap<String, SavedContainer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SavedContainer {
+    container_id: Option<String>,
+    image_id: String,
+    state: RunState,
+    last_state: Option<RunState>,
+    last_container_id: Option<String>,
+    restart_count: i32,
+    runs: u32,
+    attempts: u32,
+    /// When the last run ended, while its restart is pending.
+    finished: Option<jiff::Timestamp>,
+    /// The crash back-off's delay (seconds) and when it was last raised.
+    crash: Option<(u64, jiff::Timestamp)>,
+    stop_signal: i32,
+}
+
+/// Converts between the monotonic clock the worker plans with and the wall
+/// clock a file can keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    pub now: Instant,
+    pub wall: jiff::Timestamp,
+}
+
+impl Clocks {
+    pub fn now() -> Clocks {
+        Clocks {
+            now: Instant::now(),
+            wall: jiff::Timestamp::now(),
+        }
+    }
+
+    fn to_wall(self, at: Instant) -> jiff::Timestamp {
+        let ago = self.now.saturating_duration_since(at);
+        let ago = jiff::SignedDuration::try_from(ago).unwrap_or(jiff::SignedDuration::ZERO);
+        self.wall.checked_sub(ago).unwrap_or(self.wall)
+    }
+
+    /// A wall time in the past as an instant; times in the future (a clock
+    /// that jumped back) count as now.
+    fn to_instant(self, at: jiff::Timestamp) -> Instant {
+        let ago = self.wall.duration_since(at);
+        let ago = Duration::try_from(ago).unwrap_or(Duration::ZERO);
+        self.now.checked_sub(ago).unwrap_or(self.now)
+    }
+}
+
+impl Checkpoint {
+    pub fn of(record: &PodRecord, clocks: Clocks) -> Checkpoint {
+        let containers = record
+            .init_containers
+            .iter()
+            .chain(&record.containers)
+            .map(|c| {
+                let saved = SavedContainer {
+                    container_id: c.container_id.clone(),
+                    image_id: c.image_id.clone(),
+                    state: c.state.clone(),
+                    last_state: c.last_state.clone(),
+                    last_container_id: c.last_container_id.clone(),
+                    restart_count: c.restart_count,
+                    runs: c.runs,
+                    attempts: c.attempts,
+                    finished: c.finished.map(|t| clocks.to_wall(t)),
+                    crash: c
+                        .crash
+                        .entry()
+                        .map(|(delay, updated)| (delay.as_secs(), clocks.to_wall(updated))),
+                    stop_signal: c.stop_signal,
+                };
+                (c.name.clone(), saved)
+            })
+            .collect();
+        Checkpoint {
+            version: VERSION,
+            containers,
+        }
+    }
+
+    /// Restores what was saved into the records of containers that still
+    /// exist in the pod (a checkpoint is per pod UID, so they all should).
+    pub fn restore(&self, record: &mut PodRecord, clocks: Clocks) {
+        for c in record
+            .init_containers
+            .iter_mut()
+            .chain(record.containers.iter_mut())
+        {
+            if let Some(saved) = self.containers.get(&c.name) {
+                saved.restore(c, clocks);
+            }
+        }
+    }
+
+    /// `<state-dir>/pods/<uid>.json`.
+    pub fn path(state_dir: &Path, uid: &str) -> PathBuf {
+        state_dir.join("pods").join(format!("{uid}.json"))
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// The saved checkpoint; `Ok(None)` if there is none.
+    pub fn load(path: &Path) -> Result<Option<Checkpoint>, String> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        };
+        let checkpoint: Checkpoint = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("parsing {}: {e}", path.display()))?;
+        if checkpoint.version != VERSION {
+            return Err(format!(
+                "{}: unknown version {}",
+                path.display(),
+                checkpoint.version
+            ));
+        }
+        Ok(Some(checkpoint))
+    }
+
+    pub fn remove(path: &Path) -> std::io::Result<()> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl SavedContainer {
+    fn restore(&self, c: &mut ContainerRecord, clocks: Clocks) {
+        c.container_id = self.container_id.clone();
+        c.image_id = self.image_id.clone();
+        c.state = self.state.clone();
+        c.last_state = self.last_state.clone();
+        c.last_container_id = self.last_container_id.clone();
+        c.restart_count = self.restart_count;
+        c.runs = self.runs;
+        c.attempts = self.attempts;
+        c.finished = self.finished.map(|t| clocks.to_instant(t));
+        c.stop_signal = self.stop_signal;
+        c.crash = CrashBackoff::restored(
+            self.crash
+                .map(|(secs, at)| (Duration::from_secs(secs), clocks.to_instant(at))),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> PodRecord {
+        let mut crashed =
+            ContainerRecord::new("app".into(), "busybox".into(), RunState::creating());
+        let _ = crashed.begin_attempt();
+        crashed.started(
+            "pk-x-c-app-0".into(),
+            "sha256:1".into(),
+            jiff::Timestamp::UNIX_EPOCH,
+        );
+        let now = Instant::now();
+        crashed.ended(RunState::exited(1, false, None, None), now);
+        let _ = crashed.begin_attempt();
+        crashed.started(
+            "pk-x-c-app-1".into(),
+            "sha256:1".into(),
+            jiff::Timestamp::UNIX_EPOCH,
+        );
+        crashed.ended(RunState::exited(2, false, None, None), now);
+        let _ = crashed.wait_crash_backoff("web_default(x)");
+        PodRecord {
+            restart_policy: "Always".into(),
+            host_ip: None,
+            pod_ip: None,
+            qos: None,
+            start_time: None,
+            sandbox_pid: Some(7),
+            sandbox_retry: Default::default(),
+            init_containers: vec![],
+            containers: vec![crashed],
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Checkpoint::path(dir.path(), "uid-1");
+        let clocks = Clocks::now();
+        let original = record();
+        Checkpoint::of(&original, clocks).save(&path).unwrap();
+        let loaded = Checkpoint::load(&path).unwrap().unwrap();
+
+        let mut restored = original.clone();
+        restored.containers[0] =
+            ContainerRecord::new("app".into(), "busybox".into(), RunState::creating());
+        loaded.restore(&mut restored, clocks);
+        let (a, b) = (&original.containers[0], &restored.containers[0]);
+        assert_eq!(b.restart_count, 1);
+        assert_eq!(b.runs, 2);
+        assert_eq!(b.state, a.state);
+        assert_eq!(b.last_state, a.last_state);
+        assert_eq!(b.last_container_id.as_deref(), Some("pk-x-c-app-1"));
+        assert_eq!(b.crash.delay(), a.crash.delay());
+        // Wall-clock round trips lose at most sub-microsecond precision.
+        let drift = |x: Instant, y: Instant| x.max(y) - x.min(y);
+        assert!(drift(b.finished.unwrap(), a.finished.unwrap()) < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_missing_file_is_none_and_a_torn_one_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Checkpoint::path(dir.path(), "uid-2");
+        assert_eq!(Checkpoint::load(&path), Ok(None));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"{\"version\":1,\"contai").unwrap();
+        assert!(Checkpoint::load(&path).unwrap_err().contains("uid-2.json"));
+        Checkpoint::remove(&path).unwrap();
+        Checkpoint::remove(&path).unwrap();
+    }
+
+    #[test]
+    fn times_survive_the_conversion_and_future_times_become_now() {
+        let clocks = Clocks::now();
+        let past = clocks
+            .now
+            .checked_sub(Duration::from_secs(30))
+            .unwrap_or(clocks.now);
+        let back = clocks.to_instant(clocks.to_wall(past));
+        assert!(back.max(past) - back.min(past) < Duration::from_millis(1));
+        let future = clocks.wall + jiff::SignedDuration::from_secs(60);
+        assert_eq!(clocks.to_instant(future), clocks.now);
+    }
+}

@@ -1,0 +1,39 @@
+//! What a private containerd holds, read with `ctr`, for assertions.
+
+use super::containerd::PrivateContainerd;
+
+/// A task as `ctr tasks ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub id: String,
+    pub pid: u32,
+    pub status: String,
+}
+
+/// Every task in `namespace`.
+pub fn tasks(containerd: &PrivateContainerd, namespace: &str) -> Vec<Task> {
+    let out = containerd
+        .ctr(namespace, &["tasks", "ls"])
+        .expect("ctr tasks ls");
+    out.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some(Task {
+                id: fields.next()?.to_string(),
+                pid: fields.next()?.parse().ok()?,
+                status: fields.next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// IDs of every container in `namespace`.
+pub fn container_ids(containerd: &PrivateContainerd, namespace: &str) -> Vec<String> {
+    let out = containerd
+        .ctr(namespace, &["containers", "ls", "-q"])
+        .expect("ctr containers ls");
+    let mut ids: Vec<String> = out.lines().map(String::from).collect();
+    ids.sort();
+    ids
+}
