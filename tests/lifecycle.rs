@@ -221,3 +221,145 @@ fn an_agent_killed_while_starting_ten_pods_adopts_them_without_restarts_or_dupli
         }
     }
 }
+
+const PROBED: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: podkeeper.local/busybox:latest
+    command: [sh, -c, 'mkdir -p /www && echo ok > /www/healthz && httpd -p 8080 -h /www && sleep 6 && rm /www/healthz && exec sleep 3600']
+    livenessProbe:
+      httpGet: {path: /healthz, port: 8080}
+      periodSeconds: 1
+      failureThreshold: 2
+  - name: never-ready
+    image: podkeeper.local/busybox:latest
+    command: [sleep, '3600']
+    readinessProbe:
+      exec: {command: [cat, /tmp/ready]}
+      periodSeconds: 1
+"#;
+
+#[test]
+fn a_failing_liveness_probe_restarts_and_a_failing_readiness_probe_only_unreadies() {
+    if !e2e_enabled(
+        "a_failing_liveness_probe_restarts_and_a_failing_readiness_probe_only_unreadies",
+    ) {
+        return;
+    }
+    let (_containerd, agent) = setup("e2e-probes");
+    agent.write_manifest("probed.yaml", PROBED);
+    let name = format!("probed-{NODE}");
+    agent.wait_until(
+        "the web container restarted",
+        Duration::from_secs(40),
+        || {
+            agent
+                .pod(&name)
+                .is_some_and(|p| restart_count(&p, "web") >= 1)
+        },
+    );
+    let pod = agent.pod(&name).unwrap();
+    assert_eq!(
+        restart_count(&pod, "never-ready"),
+        0,
+        "readiness never restarts"
+    );
+    assert_eq!(
+        container_status(&pod, "never-ready").unwrap()["ready"],
+        false
+    );
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "False", "{ready}");
+    assert!(
+        ready["message"].as_str().unwrap().contains("never-ready"),
+        "{ready}"
+    );
+    let events = agent.cli(&["events", &name]);
+    let events = String::from_utf8_lossy(&events.stdout);
+    for expected in [
+        "Liveness probe failed: HTTP probe failed with statuscode: 404",
+        "Container web failed liveness probe, will be restarted",
+        "Readiness probe failed:",
+    ] {
+        assert!(events.contains(expected), "{expected:?} missing:\n{events}");
+    }
+}
+
+const STUBBORN: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: app
+    image: podkeeper.local/busybox:latest
+    command: [sh, -c, 'trap "echo got-term" TERM; echo started; while true; do sleep 0.2; done']
+    lifecycle:
+      preStop:
+        exec: {command: [sh, -c, 'echo pre-stop > /proc/1/fd/1']}
+"#;
+
+#[test]
+fn pre_stop_runs_before_sigterm_and_a_container_ignoring_it_is_killed_after_the_grace_period() {
+    if !e2e_enabled(
+        "pre_stop_runs_before_sigterm_and_a_container_ignoring_it_is_killed_after_the_grace_period",
+    ) {
+        return;
+    }
+    let namespace = "e2e-grace";
+    let (containerd, agent) = setup(namespace);
+    agent.write_manifest("stubborn.yaml", STUBBORN);
+    let name = format!("stubborn-{NODE}");
+    agent.wait_until("the pod running", Duration::from_secs(20), || {
+        agent
+            .pod(&name)
+            .is_some_and(|p| running_containers(&p).len() == 1)
+    });
+    let log_dir = std::fs::read_dir(&agent.logs)
+        .unwrap()
+        .flatten()
+        .find(|d| d.file_name().to_string_lossy().contains("stubborn"))
+        .unwrap()
+        .path()
+        .join("app/0.log");
+    agent.wait_until("the container's first line", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log_dir).is_ok_and(|t| t.contains("started"))
+    });
+    let removed = Instant::now();
+    agent.remove_manifest("stubborn.yaml");
+    // The pod's log directory goes with the pod: read the log while it lasts.
+    let mut log = String::new();
+    while removed.elapsed() < Duration::from_secs(15) {
+        match std::fs::read_to_string(&log_dir) {
+            Ok(text) => log = text,
+            Err(_) => break,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone = removed.elapsed();
+    let pre_stop = log
+        .find("pre-stop")
+        .unwrap_or_else(|| panic!("no pre-stop line:\n{log}"));
+    let term = log
+        .find("got-term")
+        .unwrap_or_else(|| panic!("no SIGTERM line:\n{log}"));
+    assert!(pre_stop < term, "preStop ran before SIGTERM:\n{log}");
+    assert!(
+        gone >= Duration::from_secs(3),
+        "SIGKILL only after the 3 s grace period, gone after {gone:?}"
+    );
+    agent.wait_until("every task gone", Duration::from_secs(10), || {
+        tasks(&containerd, namespace).is_empty()
+    });
+    eprintln!("removal with a SIGTERM-ignoring container took {gone:?}");
+}

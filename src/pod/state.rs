@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::time::Instant;
 
 use super::plan::{CrashBackoff, Retry};
+use super::probe::ContainerHealth;
 
 /// One container's life as the worker saw it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -115,13 +116,8 @@ pub struct ContainerRecord {
     /// The signal that asks the current run to stop: the image's
     /// StopSignal, SIGTERM by default.
     pub stop_signal: i32,
-    /// Which probes the spec gives it: without a startup probe a run counts
-    /// as started once running; without a readiness probe, started is ready.
-    pub has_startup_probe: bool,
-    pub has_readiness_probe: bool,
-    /// The current run's startup and readiness probe verdicts.
-    pub startup_passed: bool,
-    pub readiness_passed: bool,
+    /// The current run's `started` and `ready`, as its probes say.
+    pub health: ContainerHealth,
     /// When a shown `ErrImagePull` turns into `ImagePullBackOff`.
     pub pull_backoff_at: Option<Instant>,
     /// An init container with `restartPolicy: Always`: a native sidecar,
@@ -146,10 +142,7 @@ impl ContainerRecord {
             finished: None,
             crash: CrashBackoff::default(),
             stop_signal: libc::SIGTERM,
-            has_startup_probe: false,
-            has_readiness_probe: false,
-            startup_passed: false,
-            readiness_passed: false,
+            health: ContainerHealth::default(),
             pull_backoff_at: None,
             sidecar: false,
         }
@@ -161,12 +154,12 @@ impl ContainerRecord {
 
     /// `started` in status: running, and past its startup probe if any.
     pub fn is_started(&self) -> bool {
-        self.is_running() && (!self.has_startup_probe || self.startup_passed)
+        self.is_running() && self.health.started
     }
 
     /// `ready` in status: started, and passing its readiness probe if any.
     pub fn is_ready(&self) -> bool {
-        self.is_started() && (!self.has_readiness_probe || self.readiness_passed)
+        self.is_running() && self.health.ready
     }
 
     /// The exit code of the run that ended last: the current state's, or,
@@ -226,8 +219,6 @@ impl ContainerRecord {
         self.container_id = Some(id);
         self.image_id = image_id;
         self.state = RunState::Running { started_at: at };
-        self.startup_passed = false;
-        self.readiness_passed = false;
         self.retry = Retry::default();
         self.pull_backoff_at = None;
     }

@@ -121,6 +121,17 @@ pub struct ContainerHealth {
     has_readiness_probe: bool,
 }
 
+/// A container without probes: started and ready once running.
+impl Default for ContainerHealth {
+    fn default() -> Self {
+        ContainerHealth {
+            started: true,
+            ready: true,
+            has_readiness_probe: false,
+        }
+    }
+}
+
 impl ContainerHealth {
     /// A container that has just started.
     pub fn new(container: &Container) -> ContainerHealth {

@@ -104,6 +104,7 @@ impl<R: PodRuntime> Worker<R> {
                 warn!(container = %c.id, error = %e, "cannot remove container");
             }
         }
+        self.watch_adopted();
         info!(pod = %self.pod.name(), uid = %self.pod.uid(), "took over the running pod");
     }
 

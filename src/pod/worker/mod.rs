@@ -20,11 +20,13 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 mod adopt;
+mod probes;
 mod start;
 mod stop;
 
 use super::checkpoint::{Checkpoint, Clocks};
 use super::plan::plan;
+use super::probe::{ContainerProbes, ProbeUpdate};
 use super::runtime::{PodRuntime, SandboxEnvironment};
 use super::state::{ContainerRecord, PodRecord, RunState};
 use crate::desired::DesiredPod;
@@ -81,6 +83,10 @@ pub struct Worker<R> {
     environment: Option<SandboxEnvironment>,
     /// Containers the OOM killer hit during their current run.
     oom_killed: std::collections::HashSet<String>,
+    /// The running probes of each container's current run.
+    probes: std::collections::HashMap<String, ContainerProbes>,
+    probe_updates: mpsc::UnboundedSender<ProbeUpdate>,
+    probe_results: mpsc::UnboundedReceiver<ProbeUpdate>,
     events: mpsc::UnboundedReceiver<RuntimeEvent>,
     arrivals: watch::Receiver<u64>,
     stop: oneshot::Receiver<()>,
@@ -125,6 +131,7 @@ impl<R: PodRuntime> Worker<R> {
             init_containers: inits.iter().map(record_of).collect(),
             containers: spec.containers.iter().map(record_of).collect(),
         };
+        let (probe_updates, probe_results) = mpsc::unbounded_channel();
         Worker {
             sandbox_id: labels::sandbox_id(pod.uid()),
             environment: None,
@@ -133,6 +140,9 @@ impl<R: PodRuntime> Worker<R> {
             pod,
             record,
             oom_killed: Default::default(),
+            probes: Default::default(),
+            probe_updates,
+            probe_results,
             events,
             stop,
         }
@@ -177,6 +187,7 @@ impl<R: PodRuntime> Worker<R> {
                     None => break,
                 },
                 Ok(()) = self.arrivals.changed() => self.retry_image_waits(),
+                Some(update) = self.probe_results.recv() => self.on_probe_update(update).await,
                 _ = recheck.tick() => self.recheck_tasks().await,
                 _ = tokio::time::sleep_until(plan.wake_at.unwrap_or(far)) => {}
             }
@@ -351,6 +362,7 @@ impl<R: PodRuntime> Worker<R> {
             // Already seen, e.g. by a re-check racing the event.
             return;
         }
+        self.probes.remove(&name);
         let started_at = match record.state {
             RunState::Running { started_at } => Some(started_at),
             _ => None,
@@ -373,6 +385,7 @@ impl<R: PodRuntime> Worker<R> {
             "SandboxChanged",
             "Pod sandbox changed, it will be killed and re-created.",
         );
+        self.probes.clear();
         self.ctx.runtime.remove_pod(self.pod.uid()).await;
         self.ctx.runtime.release_sandbox(&self.pod).await;
         self.environment = None;
@@ -451,6 +464,7 @@ impl<R: PodRuntime> Worker<R> {
     /// Stops the containers (in parallel, each as [`Worker::kill_container`]
     /// does), then the sandbox, and removes every object of the pod.
     async fn stop_pod(&mut self) {
+        self.probes.clear();
         // App containers first, then sidecars and a running init container,
         // as the kubelet orders termination.
         let grace = self.grace_period(None);

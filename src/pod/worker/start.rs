@@ -50,6 +50,7 @@ impl<R: PodRuntime> Worker<R> {
         });
         let results = futures::future::join_all(starts).await;
         let now = Instant::now();
+        let mut started_names = Vec::new();
         for ((container, _, _, _), result) in attempts.iter().zip(results) {
             let Some(record) = self.record.container_mut(&container.name) else {
                 continue;
@@ -58,6 +59,7 @@ impl<R: PodRuntime> Worker<R> {
                 Ok(started) => {
                     record.stop_signal = started.stop_signal;
                     record.started(started.id, started.image_id, started.at);
+                    started_names.push(container.name.clone());
                 }
                 Err(StartFailure {
                     reason: "RunContainerError",
@@ -81,6 +83,7 @@ impl<R: PodRuntime> Worker<R> {
             }
         }
         self.remove_superseded(superseded).await;
+        self.after_start(&started_names).await;
     }
 
     /// Only the latest ended run is kept, as the kubelet's container

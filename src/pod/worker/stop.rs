@@ -1,10 +1,15 @@
 //! Stopping one container the kubelet's way (`killContainer`): a `Killing`
-//! event, then the stop signal (SIGTERM or the image's StopSignal), then
-//! SIGKILL once the grace period is over.
+//! event, the preStop hook (its time taken from the grace period), then
+//! the stop signal (SIGTERM or the image's StopSignal), then SIGKILL once
+//! what is left of the grace period is over.
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+use tracing::warn;
+
 use super::Worker;
+use crate::pod::probe::{run_hook, Hook};
 use crate::pod::runtime::PodRuntime;
 use crate::status::events::{EventType, ObjectRef};
 
@@ -15,17 +20,17 @@ const MINIMUM_GRACE: Duration = Duration::from_secs(2);
 impl<R: PodRuntime> Worker<R> {
     /// The grace period: a probe's own `terminationGracePeriodSeconds` for
     /// a kill it caused, else the pod's (30 s by default).
-    pub(super) fn grace_period(&self, probe_override: Option<i64>) -> Duration {
-        let seconds = probe_override
-            .or_else(|| {
-                self.pod
-                    .pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.termination_grace_period_seconds)
-            })
-            .unwrap_or(crate::manifest::parse::DEFAULT_GRACE_PERIOD_SECONDS);
-        Duration::from_secs(seconds.max(0) as u64)
+    pub(super) fn grace_period(&self, probe_override: Option<Duration>) -> Duration {
+        probe_override.unwrap_or_else(|| {
+            let seconds = self
+                .pod
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(crate::manifest::parse::DEFAULT_GRACE_PERIOD_SECONDS);
+            Duration::from_secs(seconds.max(0) as u64)
+        })
     }
 
     /// Stops container `name`'s current run; `message` is the `Killing`
@@ -44,15 +49,31 @@ impl<R: PodRuntime> Worker<R> {
             return;
         };
         let init = self.record.init_containers.iter().any(|c| c.name == name);
-        self.ctx.recorder.record(
-            ObjectRef::container(&self.pod, name, init),
-            EventType::Normal,
-            "Killing",
-            message,
-        );
+        let object = ObjectRef::container(&self.pod, name, init);
+        self.ctx
+            .recorder
+            .record(object.clone(), EventType::Normal, "Killing", message);
+        let started = Instant::now();
+        let target = self.container_spec(name).and_then(|(container, _)| {
+            let handler = Hook::PreStop.handler_of(&container)?.clone();
+            Some((handler, self.probe_target_of(&container)?))
+        });
+        if let Some((handler, target)) = target {
+            let runtime = self.ctx.runtime.as_ref();
+            if let Err(message) = run_hook(runtime, &handler, &target, Some(grace)).await {
+                warn!(pod = %self.pod.name(), container = name, "preStop hook failed: {message}");
+                self.ctx.recorder.record(
+                    object,
+                    EventType::Warning,
+                    Hook::PreStop.event_reason(),
+                    Hook::PreStop.event_message(),
+                );
+            }
+        }
+        let left = grace.saturating_sub(started.elapsed());
         self.ctx
             .runtime
-            .stop_container(id, record.stop_signal, grace.max(MINIMUM_GRACE))
+            .stop_container(id, record.stop_signal, left.max(MINIMUM_GRACE))
             .await;
     }
 }

@@ -544,3 +544,110 @@ async fn a_dead_sandbox_is_replaced_and_its_containers_restarted() {
         1
     );
 }
+
+fn exec_result(
+    exit_code: i32,
+    output: &str,
+) -> Result<crate::runtime::containerd::exec::ExecOutput, String> {
+    Ok(crate::runtime::containerd::exec::ExecOutput {
+        exit_code,
+        output: output.into(),
+        timed_out: false,
+    })
+}
+
+const PROBED: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: app\n    image: x:1\n    livenessProbe: {exec: {command: [alive]}, periodSeconds: 1}\n    readinessProbe: {exec: {command: [ready]}, periodSeconds: 1}\n";
+
+fn ready_flags(h: &Harness) -> (bool, String) {
+    let status = h.status.get(&h.uid).unwrap();
+    let ready = status.container_statuses.clone().unwrap()[0].ready;
+    let condition = status
+        .conditions
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .status;
+    (ready, condition)
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_drives_ready_and_liveness_failures_restart_the_container() {
+    let mut h = start_pod(PROBED, &["x:1"]);
+    h.fake.script_exec("alive", vec![exec_result(0, "")]);
+    h.fake
+        .script_exec("ready", vec![exec_result(1, "not yet"), exec_result(0, "")]);
+    h.wait_for(&["Running"]).await;
+    assert_eq!(
+        ready_flags(&h),
+        (false, "False".into()),
+        "unready until a probe succeeds"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ready_flags(&h), (true, "True".into()));
+    assert!(h
+        .reasons()
+        .contains(&"spec.containers{app} Unhealthy".to_string()));
+
+    h.fake.script_exec("alive", vec![exec_result(1, "dead")]);
+    let app0 = labels::container_id(&h.uid, "app", 0);
+    for _ in 0..100 {
+        if h.fake.calls().contains(&format!("stop {app0}")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        h.fake.calls().contains(&format!("stop {app0}")),
+        "killed after 3 failures"
+    );
+    let events = h.reasons();
+    assert!(
+        events.contains(&"spec.containers{app} Killing".to_string()),
+        "{events:?}"
+    );
+    h.exit("app", 0, 137);
+    wait_run(&h, "app", 1).await;
+    settle().await;
+    assert_eq!(h.states(), ["Running"]);
+    let status = h.status.get(&h.uid).unwrap();
+    assert_eq!(
+        status.container_statuses.clone().unwrap()[0].restart_count,
+        1
+    );
+}
+
+const HOOKED: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: app\n    image: x:1\n    lifecycle:\n      postStart: {exec: {command: [post]}}\n      preStop: {exec: {command: [pre]}}\n";
+
+#[tokio::test(start_paused = true)]
+async fn pre_stop_runs_before_the_stop_signal() {
+    let mut h = start_pod(HOOKED, &["x:1"]);
+    h.fake.script_exec("post", vec![exec_result(0, "")]);
+    h.fake.script_exec("pre", vec![exec_result(0, "")]);
+    h.wait_for(&["Running"]).await;
+    let _ = h.stop.take().unwrap().send(());
+    (&mut h.task).await.unwrap();
+    let calls = h.fake.calls();
+    let app0 = labels::container_id(&h.uid, "app", 0);
+    let position = |needle: &str| calls.iter().position(|c| c == needle);
+    let pre = position(&format!("exec {app0} pre")).expect("preStop ran");
+    let stop = position(&format!("stop {app0}")).expect("stopped");
+    assert!(pre < stop, "{calls:?}");
+    assert!(position(&format!("exec {app0} post")).unwrap() < pre);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_post_start_hook_kills_the_container() {
+    let mut h = start_pod(HOOKED, &["x:1"]);
+    h.fake.script_exec("post", vec![exec_result(2, "boom")]);
+    h.fake.script_exec("pre", vec![exec_result(0, "")]);
+    settle().await;
+    let app0 = labels::container_id(&h.uid, "app", 0);
+    assert!(h.fake.calls().contains(&format!("stop {app0}")));
+    let events = h.reasons();
+    assert!(
+        events.contains(&"spec.containers{app} FailedPostStartHook".to_string()),
+        "{events:?}"
+    );
+}
