@@ -10,10 +10,9 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::agent::{running_containers, Agent, NODE};
+use common::agent::{running_containers, start_with_busybox, Agent, BUSYBOX, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
-
-const BUSYBOX: &str = "podkeeper.local/busybox:latest";
+use common::tasks::container_ids;
 
 /// Two long-running containers, so that one can be killed while the other
 /// shows the pod's unaffected part.
@@ -28,58 +27,21 @@ spec:
   - {name: bystander, image: podkeeper.local/busybox:latest, command: [sleep, '3600']}
 "#;
 
-/// Starts a containerd with busybox imported into `namespace`, and an agent.
-fn setup(namespace: &str) -> (PrivateContainerd, Agent) {
-    let containerd = PrivateContainerd::start().expect("starting containerd");
-    containerd
-        .import_busybox(namespace, BUSYBOX)
-        .expect("importing busybox");
-    let agent = Agent::start(&containerd, namespace).expect("starting the agent");
-    (containerd, agent)
-}
-
 /// Writes [`TWO_SLEEPERS`] and waits until both containers run; returns the
 /// pod's full name.
 fn run_two_sleepers(agent: &Agent) -> String {
     agent.write_manifest("keep.yaml", TWO_SLEEPERS);
     let pod_name = format!("keep-{NODE}");
-    agent.wait_until("both containers running", Duration::from_secs(10), || {
-        agent
-            .pod(&pod_name)
-            .is_some_and(|p| running_containers(&p).len() == 2)
-    });
+    agent.wait_running(&pod_name, 2, Duration::from_secs(10));
     pod_name
 }
 
 /// (task ID, PID, status) of every task in `namespace`, sorted.
 fn tasks(containerd: &PrivateContainerd, namespace: &str) -> Vec<(String, u32, String)> {
-    let out = containerd
-        .ctr(namespace, &["tasks", "ls"])
-        .expect("ctr tasks ls");
-    let mut tasks: Vec<_> = out
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let id = fields.next()?.to_string();
-            let pid = fields.next()?.parse().ok()?;
-            let status = fields.next()?.to_string();
-            Some((id, pid, status))
-        })
-        .collect();
-    tasks.sort();
-    tasks
-}
-
-/// IDs of every container record in `namespace`, sorted.
-fn containers(containerd: &PrivateContainerd, namespace: &str) -> Vec<String> {
-    let out = containerd
-        .ctr(namespace, &["containers", "ls", "-q"])
-        .expect("ctr containers ls");
-    let mut ids: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
-    ids.retain(|id| !id.is_empty());
-    ids.sort();
-    ids
+    common::tasks::tasks(containerd, namespace)
+        .into_iter()
+        .map(|t| (t.id, t.pid, t.status))
+        .collect()
 }
 
 fn process_exists(pid: u32) -> bool {
@@ -137,10 +99,10 @@ fn pods_survive_a_containerd_restart_without_duplicates() {
         return;
     }
     let namespace = "e2e-ctrd-restart";
-    let (containerd, mut agent) = setup(namespace);
+    let (containerd, mut agent) = start_with_busybox(namespace);
     let pod_name = run_two_sleepers(&agent);
     let tasks_before = tasks(&containerd, namespace);
-    let containers_before = containers(&containerd, namespace);
+    let containers_before = container_ids(&containerd, namespace);
     assert_eq!(tasks_before.len(), 3, "{tasks_before:?}");
     assert_eq!(containers_before.len(), 3, "{containers_before:?}");
 
@@ -171,7 +133,7 @@ fn pods_survive_a_containerd_restart_without_duplicates() {
 
     assert_eq!(tasks(&containerd, namespace), tasks_before, "tasks changed");
     assert_eq!(
-        containers(&containerd, namespace),
+        container_ids(&containerd, namespace),
         containers_before,
         "containers changed"
     );
@@ -235,11 +197,7 @@ fn the_agent_waits_for_containerd_at_start() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: c, image: podkeeper.local/busybox:latest, command: [sleep, '3600']}\n",
     );
     let pod_name = format!("p-{NODE}");
-    agent.wait_until("the pod running", Duration::from_secs(10), || {
-        agent
-            .pod(&pod_name)
-            .is_some_and(|p| running_containers(&p).len() == 1)
-    });
+    agent.wait_running(&pod_name, 1, Duration::from_secs(10));
     let events = events(&agent);
     assert!(events.contains("ContainerdUnavailable"), "{events}");
 }
@@ -250,7 +208,7 @@ fn sigterm_stops_the_agent_promptly_and_leaves_the_pods_running() {
         return;
     }
     let namespace = "e2e-sigterm";
-    let (containerd, mut agent) = setup(namespace);
+    let (containerd, mut agent) = start_with_busybox(namespace);
     run_two_sleepers(&agent);
     let before = tasks(&containerd, namespace);
     assert_eq!(before.len(), 3, "{before:?}");
@@ -279,7 +237,7 @@ fn a_container_killed_while_containerd_is_down_is_noticed() {
         return;
     }
     let namespace = "e2e-ctrd-kill";
-    let (containerd, agent) = setup(namespace);
+    let (containerd, agent) = start_with_busybox(namespace);
     let pod_name = run_two_sleepers(&agent);
     let before = tasks(&containerd, namespace);
     let (victim_id, victim_pid, _) = before

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::agent::{running_containers, Agent, NODE};
+use common::agent::{start_with_busybox, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
 use podkeeper::runtime::containerd::exec::MAX_OUTPUT;
 use podkeeper::runtime::containerd::Containerd;
@@ -45,18 +45,10 @@ fn exec_runs_commands_in_a_running_container() {
     if !e2e_enabled("exec_runs_commands_in_a_running_container") {
         return;
     }
-    let containerd = PrivateContainerd::start().expect("starting containerd");
-    containerd
-        .import_busybox(NAMESPACE, "podkeeper.local/busybox:latest")
-        .expect("importing busybox");
-    let agent = Agent::start(&containerd, NAMESPACE).expect("starting the agent");
+    let (containerd, agent) = start_with_busybox(NAMESPACE);
     agent.write_manifest("x.yaml", POD);
     let pod_name = format!("x-{NODE}");
-    agent.wait_until("the container running", Duration::from_secs(10), || {
-        agent
-            .pod(&pod_name)
-            .is_some_and(|p| running_containers(&p).len() == 1)
-    });
+    agent.wait_running(&pod_name, 1, Duration::from_secs(10));
     let ids = containerd
         .ctr(NAMESPACE, &["tasks", "ls", "-q"])
         .expect("ctr tasks ls");

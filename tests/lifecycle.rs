@@ -10,21 +10,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::agent::{running_containers, waiting_reason, Agent, NODE};
-use common::containerd::{e2e_enabled, PrivateContainerd};
+use common::agent::{running_containers, start_with_busybox, waiting_reason, BUSYBOX, NODE};
+use common::containerd::e2e_enabled;
 use common::tasks::{container_ids, tasks};
 use serde_json::Value;
-
-const BUSYBOX: &str = "podkeeper.local/busybox:latest";
-
-fn setup(namespace: &str) -> (PrivateContainerd, Agent) {
-    let containerd = PrivateContainerd::start().expect("starting containerd");
-    containerd
-        .import_busybox(namespace, BUSYBOX)
-        .expect("importing busybox");
-    let agent = Agent::start(&containerd, namespace).expect("starting the agent");
-    (containerd, agent)
-}
 
 fn container_status<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
     pod["status"]["containerStatuses"]
@@ -55,7 +44,7 @@ fn a_crashing_container_restarts_after_10_20_40_seconds() {
     if !e2e_enabled("a_crashing_container_restarts_after_10_20_40_seconds") {
         return;
     }
-    let (_containerd, agent) = setup("e2e-crash");
+    let (_containerd, agent) = start_with_busybox("e2e-crash");
     agent.write_manifest("crash.yaml", CRASHING);
     let name = format!("crash-{NODE}");
     // When each restart count was first seen.
@@ -119,7 +108,7 @@ fn a_memory_hog_is_oom_killed_with_exit_code_137() {
     if !e2e_enabled("a_memory_hog_is_oom_killed_with_exit_code_137") {
         return;
     }
-    let (_containerd, agent) = setup("e2e-oom");
+    let (_containerd, agent) = start_with_busybox("e2e-oom");
     agent.write_manifest("hog.yaml", MEMORY_HOG);
     let name = format!("hog-{NODE}");
     agent.wait_until("the hog terminated", Duration::from_secs(30), || {
@@ -160,7 +149,7 @@ fn an_agent_killed_while_starting_ten_pods_adopts_them_without_restarts_or_dupli
         return;
     }
     let namespace = "e2e-adopt";
-    let (containerd, mut agent) = setup(namespace);
+    let (containerd, mut agent) = start_with_busybox(namespace);
     for i in 0..10 {
         agent.write_manifest(&format!("p{i}.yaml"), &two_container_pod(&format!("p{i}")));
     }
@@ -250,7 +239,7 @@ fn a_failing_liveness_probe_restarts_and_a_failing_readiness_probe_only_unreadie
     ) {
         return;
     }
-    let (_containerd, agent) = setup("e2e-probes");
+    let (_containerd, agent) = start_with_busybox("e2e-probes");
     agent.write_manifest("probed.yaml", PROBED);
     let name = format!("probed-{NODE}");
     agent.wait_until(
@@ -317,14 +306,10 @@ fn pre_stop_runs_before_sigterm_and_a_container_ignoring_it_is_killed_after_the_
         return;
     }
     let namespace = "e2e-grace";
-    let (containerd, agent) = setup(namespace);
+    let (containerd, agent) = start_with_busybox(namespace);
     agent.write_manifest("stubborn.yaml", STUBBORN);
     let name = format!("stubborn-{NODE}");
-    agent.wait_until("the pod running", Duration::from_secs(20), || {
-        agent
-            .pod(&name)
-            .is_some_and(|p| running_containers(&p).len() == 1)
-    });
+    agent.wait_running(&name, 1, Duration::from_secs(20));
     let log_dir = std::fs::read_dir(&agent.logs)
         .unwrap()
         .flatten()

@@ -18,11 +18,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::agent::{Agent, NODE};
+use common::agent::{Agent, BUSYBOX, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
 use podkeeper::logs::{logger_uri, parse_line, LogSettings, LOGGER_COMMAND};
 
-const BUSYBOX: &str = "podkeeper.local/busybox:latest";
 const PODKEEPER: &str = env!("CARGO_BIN_EXE_podkeeper");
 
 /// The argument the shim would pass: the value of the URI's one query pair.

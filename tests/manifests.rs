@@ -11,10 +11,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::agent::{running_containers, Agent, NODE};
+use common::agent::{running_containers, Agent, BUSYBOX, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
-
-const BUSYBOX: &str = "podkeeper.local/busybox:latest";
+use common::tasks::container_ids;
 
 /// The agent's `--manifest-resync-seconds` in these tests.
 const RESYNC: Duration = Duration::from_secs(1);
@@ -70,26 +69,9 @@ struct Incarnation {
 
 /// (task ID → PID) of every task in `namespace`.
 fn tasks(containerd: &PrivateContainerd, namespace: &str) -> BTreeMap<String, u32> {
-    let out = containerd
-        .ctr(namespace, &["tasks", "ls"])
-        .expect("ctr tasks ls");
-    out.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let id = fields.next()?.to_string();
-            let pid = fields.next()?.parse().ok()?;
-            Some((id, pid))
-        })
-        .collect()
-}
-
-fn containers(containerd: &PrivateContainerd, namespace: &str) -> Vec<String> {
-    containerd
-        .ctr(namespace, &["containers", "ls", "-q"])
-        .expect("ctr containers ls")
-        .lines()
-        .map(String::from)
+    common::tasks::tasks(containerd, namespace)
+        .into_iter()
+        .map(|t| (t.id, t.pid))
         .collect()
 }
 
@@ -169,7 +151,7 @@ fn assert_gone(containerd: &PrivateContainerd, agent: &Agent, old: &Incarnation)
         "the old pod's containers removed",
         Duration::from_secs(10),
         || {
-            let left = containers(containerd, &agent.namespace);
+            let left = container_ids(containerd, &agent.namespace);
             let tasks = tasks(containerd, &agent.namespace);
             left.iter().all(|c| !uid_owns(&old.uid, c))
                 && tasks.keys().all(|t| !uid_owns(&old.uid, t))

@@ -17,11 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::agent::{running_containers, waiting_reason, Agent, CGROUP_ROOT, NODE};
+use common::agent::{running_containers, waiting_reason, Agent, BUSYBOX, CGROUP_ROOT, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
 use serde_json::Value;
-
-const BUSYBOX: &str = "podkeeper.local/busybox:latest";
 
 /// A containerd with busybox and an agent on it; cleans up on drop.
 struct Node {

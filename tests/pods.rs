@@ -7,21 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::agent::{running_containers, Agent, NODE};
+use common::agent::{running_containers, start_with_busybox, Agent, BUSYBOX, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
 use common::tasks::tasks;
-
-const BUSYBOX: &str = "podkeeper.local/busybox:latest";
-
-/// Starts a containerd with busybox imported into `namespace`, and an agent.
-fn setup(namespace: &str) -> (PrivateContainerd, Agent) {
-    let containerd = PrivateContainerd::start().expect("starting containerd");
-    containerd
-        .import_busybox(namespace, BUSYBOX)
-        .expect("importing busybox");
-    let agent = Agent::start(&containerd, namespace).expect("starting the agent");
-    (containerd, agent)
-}
 
 fn ns_inode(pid: u32, ns: &str) -> String {
     std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
@@ -72,15 +60,11 @@ fn two_containers_share_the_sandbox_network_and_hostname() {
     if !e2e_enabled("two_containers_share_the_sandbox_network_and_hostname") {
         return;
     }
-    let (containerd, agent) = setup("e2e-share");
+    let (containerd, agent) = start_with_busybox("e2e-share");
     let written = Instant::now();
     agent.write_manifest("web.yaml", TWO_CONTAINERS);
     let pod_name = format!("web-{NODE}");
-    let took = agent.wait_until("both containers running", Duration::from_secs(5), || {
-        agent
-            .pod(&pod_name)
-            .is_some_and(|p| running_containers(&p).len() == 2)
-    });
+    let took = agent.wait_running(&pod_name, 2, Duration::from_secs(5));
     eprintln!(
         "manifest written → both containers running: {took:?} (since write {:?})",
         written.elapsed()
@@ -157,11 +141,7 @@ fn the_built_in_pause_image_is_created_and_exits_zero_on_sigterm() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: c, image: podkeeper.local/busybox:latest, command: [sleep, '3600']}\n",
     );
     let pod_name = format!("p-{NODE}");
-    agent.wait_until("the pod running", Duration::from_secs(10), || {
-        agent
-            .pod(&pod_name)
-            .is_some_and(|p| running_containers(&p).len() == 1)
-    });
+    agent.wait_running(&pod_name, 1, Duration::from_secs(10));
     let sandbox = tasks(&containerd, namespace)
         .into_iter()
         .find(|t| t.id.ends_with("-pause"))
@@ -201,14 +181,10 @@ fn deleting_the_manifest_removes_every_task_container_and_snapshot() {
         return;
     }
     let namespace = "e2e-delete";
-    let (containerd, agent) = setup(namespace);
+    let (containerd, agent) = start_with_busybox(namespace);
     agent.write_manifest("web.yaml", TWO_CONTAINERS);
     let pod_name = format!("web-{NODE}");
-    agent.wait_until("both containers running", Duration::from_secs(10), || {
-        agent
-            .pod(&pod_name)
-            .is_some_and(|p| running_containers(&p).len() == 2)
-    });
+    agent.wait_running(&pod_name, 2, Duration::from_secs(10));
     let active_snapshots = || {
         containerd
             .ctr(namespace, &["snapshots", "ls"])
@@ -249,7 +225,7 @@ fn invalid_manifests_are_reported_and_the_other_pods_still_run() {
     if !e2e_enabled("invalid_manifests_are_reported_and_the_other_pods_still_run") {
         return;
     }
-    let (_containerd, mut agent) = setup("e2e-bad");
+    let (_containerd, mut agent) = start_with_busybox("e2e-bad");
     agent.write_manifest("broken.yaml", "apiVersion: v1\nkind: Pod\nmetadata: [\n");
     agent.write_manifest(
         "service.yaml",

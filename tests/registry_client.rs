@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::agent::BUSYBOX;
+
 use common::archives::{shared_busybox_oci, shared_multiarch_oci};
 use common::registry::TestRegistry;
 use futures::StreamExt as _;
@@ -16,7 +18,6 @@ use sha2::{Digest as _, Sha256};
 use std::path::Path;
 
 /// Names of the fixture archives; pushes do not use them (skopeo takes the archive's only image).
-const BUSYBOX: &str = "podkeeper.local/busybox:latest";
 const MULTIARCH: &str = "podkeeper.local/multiarch:latest";
 const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const OCI_LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";

@@ -205,15 +205,8 @@ mod tests {
         crashed.ended(RunState::exited(2, false, None, None), now);
         let _ = crashed.wait_crash_backoff("web_default(x)");
         PodRecord {
-            restart_policy: "Always".into(),
-            host_ip: None,
-            pod_ip: None,
-            qos: None,
-            start_time: None,
             sandbox_pid: Some(7),
-            sandbox_retry: Default::default(),
-            init_containers: vec![],
-            containers: vec![crashed],
+            ..PodRecord::new("Always".into(), vec![], vec![crashed])
         }
     }
 

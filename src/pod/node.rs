@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::runtime::{ExistingContainer, PodRuntime, SandboxEnvironment, SandboxFailure};
-use super::volumes;
+use super::volumes::{self, PreparedVolumes};
 use crate::desired::DesiredPod;
 use crate::images::policy::{Ensured, ImageError, OnPull, PullPolicy};
 use crate::images::service::ImageService;
@@ -24,7 +24,9 @@ use crate::runtime::containerd::{Containerd, RuntimeError};
 use crate::runtime::env::PodFacts;
 use crate::runtime::network::{hostport, netns, Network, PodNetworkRequest, PortMapping};
 use crate::runtime::pod_files::{self, PodFiles};
+use crate::runtime::resources::{PodCgroup, QosClass};
 use crate::runtime::{labels, resources, spec};
+use k8s_openapi::api::core::v1::PodSpec;
 
 /// Node facts and settings the node runtime needs.
 pub struct NodeSettings {
@@ -96,10 +98,48 @@ impl NodeRuntime {
         Ok(())
     }
 
+    /// The pod cgroup and the volumes: what preparing and adopting a
+    /// sandbox both set up, idempotently.
+    fn local_parts(&self, pod: &DesiredPod, spec: &PodSpec) -> Result<LocalParts, SandboxFailure> {
+        let sandbox_failed = |m: String| failure("FailedCreatePodSandBox", m);
+        let qos = resources::qos_class(spec).map_err(|e| sandbox_failed(e.to_string()))?;
+        let cgroup = resources::pod_cgroup(pod.uid(), spec, qos, &self.settings.cgroup_root)
+            .map_err(|e| sandbox_failed(e.to_string()))?;
+        cgroups::ensure_pod_cgroup(&cgroup, self.cgroup_version)
+            .map_err(|e| sandbox_failed(format!("creating the pod cgroup {}: {e}", cgroup.path)))?;
+        let files = PodFiles::new(&self.settings.state_dir, pod.uid());
+        let volumes = volumes::prepare(pod, &files.volumes())
+            .map_err(|e| failure("FailedMount", format!("MountVolume failed: {e}")))?;
+        Ok(LocalParts {
+            qos,
+            cgroup,
+            files,
+            volumes,
+        })
+    }
+
+    /// The node's facts for the downward API; the pod IP is added later.
+    fn facts(&self) -> PodFacts {
+        PodFacts {
+            pod_ip: None,
+            host_ip: self.settings.host_ip.clone(),
+            node_cpus: self.node_cpus,
+            node_memory: self.node_memory,
+        }
+    }
+
     fn release_ports(&self, uid: &str) {
         let mut held = self.host_ports.lock().unwrap_or_else(|e| e.into_inner());
         held.remove(uid);
     }
+}
+
+/// What [`NodeRuntime::local_parts`] sets up.
+struct LocalParts {
+    qos: QosClass,
+    cgroup: PodCgroup,
+    files: PodFiles,
+    volumes: PreparedVolumes,
 }
 
 /// The lowest `oom_score_adj` containers may get. Lowering it needs
@@ -152,22 +192,14 @@ impl PodRuntime for NodeRuntime {
     ) -> Result<SandboxEnvironment, SandboxFailure> {
         let spec = pod.pod.spec.clone().unwrap_or_default();
         let sandbox_failed = |m: String| failure("FailedCreatePodSandBox", m);
-        let qos = resources::qos_class(&spec).map_err(|e| sandbox_failed(e.to_string()))?;
-        let cgroup = resources::pod_cgroup(pod.uid(), &spec, qos, &self.settings.cgroup_root)
-            .map_err(|e| sandbox_failed(e.to_string()))?;
-        cgroups::ensure_pod_cgroup(&cgroup, self.cgroup_version)
-            .map_err(|e| sandbox_failed(format!("creating the pod cgroup {}: {e}", cgroup.path)))?;
-        let files = PodFiles::new(&self.settings.state_dir, pod.uid());
-        let prepared = volumes::prepare(pod, &files.volumes())
-            .map_err(|e| failure("FailedMount", format!("MountVolume failed: {e}")))?;
-
+        let LocalParts {
+            qos,
+            cgroup,
+            files,
+            volumes: prepared,
+        } = self.local_parts(pod, &spec)?;
         let host_network = spec.host_network.unwrap_or(false);
-        let mut facts = PodFacts {
-            pod_ip: None,
-            host_ip: self.settings.host_ip.clone(),
-            node_cpus: self.node_cpus,
-            node_memory: self.node_memory,
-        };
+        let mut facts = self.facts();
         let mut netns_path = None;
         if host_network {
             facts.pod_ip = self.settings.host_ip.clone();
@@ -235,19 +267,14 @@ impl PodRuntime for NodeRuntime {
     async fn adopt_sandbox(&self, pod: &DesiredPod) -> Result<SandboxEnvironment, SandboxFailure> {
         let spec = pod.pod.spec.clone().unwrap_or_default();
         let sandbox_failed = |m: String| failure("FailedCreatePodSandBox", m);
-        let qos = resources::qos_class(&spec).map_err(|e| sandbox_failed(e.to_string()))?;
-        let cgroup = resources::pod_cgroup(pod.uid(), &spec, qos, &self.settings.cgroup_root)
-            .map_err(|e| sandbox_failed(e.to_string()))?;
-        let files = PodFiles::new(&self.settings.state_dir, pod.uid());
-        // Idempotent: existing directories and tmpfs mounts are kept.
-        let prepared = volumes::prepare(pod, &files.volumes())
-            .map_err(|e| failure("FailedMount", format!("MountVolume failed: {e}")))?;
-        let mut facts = PodFacts {
-            pod_ip: None,
-            host_ip: self.settings.host_ip.clone(),
-            node_cpus: self.node_cpus,
-            node_memory: self.node_memory,
-        };
+        // Idempotent: the cgroup, directories and tmpfs mounts are kept.
+        let LocalParts {
+            qos,
+            cgroup,
+            files,
+            volumes: prepared,
+        } = self.local_parts(pod, &spec)?;
+        let mut facts = self.facts();
         let mut netns_path = None;
         if spec.host_network.unwrap_or(false) {
             facts.pod_ip = self.settings.host_ip.clone();

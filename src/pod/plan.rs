@@ -213,20 +213,14 @@ mod tests {
     use super::*;
 
     fn record(states: Vec<RunState>) -> PodRecord {
+        let containers = states
+            .into_iter()
+            .enumerate()
+            .map(|(i, state)| ContainerRecord::new(format!("c{i}"), "busybox".into(), state))
+            .collect();
         PodRecord {
-            restart_policy: "Always".into(),
-            host_ip: None,
-            pod_ip: None,
-            qos: None,
-            start_time: None,
             sandbox_pid: Some(42),
-            sandbox_retry: Retry::default(),
-            init_containers: Vec::new(),
-            containers: states
-                .into_iter()
-                .enumerate()
-                .map(|(i, state)| ContainerRecord::new(format!("c{i}"), "busybox".into(), state))
-                .collect(),
+            ..PodRecord::new("Always".into(), Vec::new(), containers)
         }
     }
 

@@ -338,6 +338,25 @@ pub struct PodRecord {
 }
 
 impl PodRecord {
+    /// A pod not started yet.
+    pub fn new(
+        restart_policy: String,
+        init_containers: Vec<ContainerRecord>,
+        containers: Vec<ContainerRecord>,
+    ) -> PodRecord {
+        PodRecord {
+            restart_policy,
+            host_ip: None,
+            pod_ip: None,
+            qos: None,
+            start_time: None,
+            sandbox_pid: None,
+            sandbox_retry: Retry::default(),
+            init_containers,
+            containers,
+        }
+    }
+
     /// Kubernetes' pod phase (`getPhase` in kubelet_pods.go, without init
     /// containers).
     pub fn phase(&self) -> &'static str {
@@ -502,6 +521,16 @@ impl PodRecord {
         }
     }
 
+    /// Every container, init containers first.
+    pub fn all(&self) -> impl Iterator<Item = &ContainerRecord> {
+        self.init_containers.iter().chain(&self.containers)
+    }
+
+    /// Containers whose current run is running.
+    pub fn running(&self) -> impl Iterator<Item = &ContainerRecord> {
+        self.all().filter(|c| c.is_running())
+    }
+
     /// An init or app container by name (names are unique across both).
     pub fn container_mut(&mut self, name: &str) -> Option<&mut ContainerRecord> {
         self.init_containers
@@ -599,23 +628,17 @@ mod tests {
     use super::*;
 
     fn record(policy: &str, states: Vec<RunState>) -> PodRecord {
+        let containers = states
+            .into_iter()
+            .enumerate()
+            .map(|(i, state)| ContainerRecord {
+                container_id: Some(format!("id{i}")),
+                ..ContainerRecord::new(format!("c{i}"), "busybox".into(), state)
+            })
+            .collect();
         PodRecord {
-            restart_policy: policy.into(),
-            host_ip: None,
-            pod_ip: None,
-            qos: None,
-            start_time: None,
             sandbox_pid: Some(1),
-            sandbox_retry: Retry::default(),
-            init_containers: Vec::new(),
-            containers: states
-                .into_iter()
-                .enumerate()
-                .map(|(i, state)| ContainerRecord {
-                    container_id: Some(format!("id{i}")),
-                    ..ContainerRecord::new(format!("c{i}"), "busybox".into(), state)
-                })
-                .collect(),
+            ..PodRecord::new(policy.into(), Vec::new(), containers)
         }
     }
 

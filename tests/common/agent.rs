@@ -14,6 +14,20 @@ use super::process::kill_and_wait;
 
 pub const NODE: &str = "node1";
 
+/// The busybox image the tests import (see `examples/build-busybox-image.sh`).
+pub const BUSYBOX: &str = "podkeeper.local/busybox:latest";
+
+/// A private containerd with busybox imported into `namespace`, and an
+/// agent on it.
+pub fn start_with_busybox(namespace: &str) -> (PrivateContainerd, Agent) {
+    let containerd = PrivateContainerd::start().expect("starting containerd");
+    containerd
+        .import_busybox(namespace, BUSYBOX)
+        .expect("importing busybox");
+    let agent = Agent::start(&containerd, namespace).expect("starting the agent");
+    (containerd, agent)
+}
+
 /// Pod cgroups of the tests go under their own root, never `/kubepods`.
 pub const CGROUP_ROOT: &str = "/podkeeper-e2e";
 
@@ -255,6 +269,18 @@ impl Agent {
             .iter()
             .find(|p| p["metadata"]["name"] == name)
             .cloned()
+    }
+
+    /// Waits until pod `name` has `count` running containers.
+    pub fn wait_running(&self, name: &str, count: usize, timeout: Duration) -> Duration {
+        self.wait_until(
+            &format!("{count} running containers in {name}"),
+            timeout,
+            || {
+                self.pod(name)
+                    .is_some_and(|p| running_containers(&p).len() == count)
+            },
+        )
     }
 
     /// Polls until `check` is true; panics with the agent log on timeout.

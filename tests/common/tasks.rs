@@ -10,12 +10,13 @@ pub struct Task {
     pub status: String,
 }
 
-/// Every task in `namespace`.
+/// Every task in `namespace`, sorted by ID.
 pub fn tasks(containerd: &PrivateContainerd, namespace: &str) -> Vec<Task> {
     let out = containerd
         .ctr(namespace, &["tasks", "ls"])
         .expect("ctr tasks ls");
-    out.lines()
+    let mut tasks: Vec<Task> = out
+        .lines()
         .skip(1)
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
@@ -25,7 +26,9 @@ pub fn tasks(containerd: &PrivateContainerd, namespace: &str) -> Vec<Task> {
                 status: fields.next()?.to_string(),
             })
         })
-        .collect()
+        .collect();
+    tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    tasks
 }
 
 /// IDs of every container in `namespace`.
@@ -33,7 +36,12 @@ pub fn container_ids(containerd: &PrivateContainerd, namespace: &str) -> Vec<Str
     let out = containerd
         .ctr(namespace, &["containers", "ls", "-q"])
         .expect("ctr containers ls");
-    let mut ids: Vec<String> = out.lines().map(String::from).collect();
+    let mut ids: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(String::from)
+        .collect();
     ids.sort();
     ids
 }

@@ -79,13 +79,7 @@ impl<R: PodRuntime> Worker<R> {
 
         let mut keep = HashSet::from([self.sandbox_id.clone()]);
         let mut exited = Vec::new();
-        let names: Vec<String> = self
-            .record
-            .init_containers
-            .iter()
-            .chain(&self.record.containers)
-            .map(|c| c.name.clone())
-            .collect();
+        let names: Vec<String> = self.record.all().map(|c| c.name.clone()).collect();
         for name in names {
             let runs: Vec<&ExistingContainer> =
                 existing.iter().filter(|c| c.name == name).collect();

@@ -117,20 +117,13 @@ impl<R: PodRuntime> Worker<R> {
                 ..ContainerRecord::new(c.name.clone(), image, initial.clone())
             }
         };
-        let record = PodRecord {
-            restart_policy: spec
-                .restart_policy
+        let record = PodRecord::new(
+            spec.restart_policy
                 .clone()
                 .unwrap_or_else(|| "Always".into()),
-            host_ip: None,
-            pod_ip: None,
-            qos: None,
-            start_time: None,
-            sandbox_pid: None,
-            sandbox_retry: Default::default(),
-            init_containers: inits.iter().map(record_of).collect(),
-            containers: spec.containers.iter().map(record_of).collect(),
-        };
+            inits.iter().map(record_of).collect(),
+            spec.containers.iter().map(record_of).collect(),
+        );
         let (probe_updates, probe_results) = mpsc::unbounded_channel();
         Worker {
             sandbox_id: labels::sandbox_id(pod.uid()),
@@ -433,10 +426,7 @@ impl<R: PodRuntime> Worker<R> {
         }
         let running: Vec<String> = self
             .record
-            .init_containers
-            .iter()
-            .chain(&self.record.containers)
-            .filter(|c| c.is_running())
+            .running()
             .filter_map(|c| c.container_id.clone())
             .collect();
         for id in running {

@@ -16,12 +16,7 @@ use crate::status::events::{EventType, ObjectRef};
 impl<R: PodRuntime> Worker<R> {
     /// Where container `name`'s probes and hooks go, for its current run.
     pub(super) fn probe_target_of(&self, container: &Container) -> Option<ProbeTarget> {
-        let record = self
-            .record
-            .init_containers
-            .iter()
-            .chain(&self.record.containers)
-            .find(|c| c.name == container.name)?;
+        let record = self.record.all().find(|c| c.name == container.name)?;
         let init = self
             .record
             .init_containers
@@ -108,14 +103,7 @@ impl<R: PodRuntime> Worker<R> {
     /// Adopted running containers get fresh probes, as after a kubelet
     /// restart: readiness starts unknown (false) until the first result.
     pub(super) fn watch_adopted(&mut self) {
-        let running: Vec<String> = self
-            .record
-            .init_containers
-            .iter()
-            .chain(&self.record.containers)
-            .filter(|c| c.is_running())
-            .map(|c| c.name.clone())
-            .collect();
+        let running: Vec<String> = self.record.running().map(|c| c.name.clone()).collect();
         for name in running {
             let Some((container, _)) = self.container_spec(&name) else {
                 continue;

@@ -36,13 +36,7 @@ impl<R: PodRuntime> Worker<R> {
     /// Stops container `name`'s current run; `message` is the `Killing`
     /// event's. Returns once the task has exited.
     pub(super) async fn kill_container(&self, name: &str, grace: Duration, message: String) {
-        let Some(record) = self
-            .record
-            .init_containers
-            .iter()
-            .chain(&self.record.containers)
-            .find(|c| c.name == name)
-        else {
+        let Some(record) = self.record.all().find(|c| c.name == name) else {
             return;
         };
         let Some(id) = record.container_id.as_deref() else {

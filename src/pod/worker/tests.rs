@@ -123,6 +123,14 @@ impl Harness {
     }
 }
 
+/// A container's `lastState.terminated`.
+fn last_terminated(
+    c: &k8s_openapi::api::core::v1::ContainerStatus,
+) -> &k8s_openapi::api::core::v1::ContainerStateTerminated {
+    let last = c.last_state.as_ref().expect("a last state");
+    last.terminated.as_ref().expect("a terminated last state")
+}
+
 fn state_word(s: k8s_openapi::api::core::v1::ContainerState) -> String {
     if s.running.is_some() {
         "Running".to_string()
@@ -374,13 +382,7 @@ async fn a_crashing_container_restarts_at_once_then_after_10_20_40_seconds() {
             .as_str()
         )
     );
-    let last = app
-        .last_state
-        .as_ref()
-        .unwrap()
-        .terminated
-        .as_ref()
-        .unwrap();
+    let last = last_terminated(app);
     assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
     assert_eq!(
         last.container_id.as_deref(),
@@ -428,13 +430,7 @@ async fn a_task_that_fails_to_start_is_a_start_error_run() {
     assert_eq!(h.states(), ["Running"], "restarted at once");
     let status = h.status.get(&h.uid).unwrap();
     let app = &status.container_statuses.clone().unwrap()[0];
-    let last = app
-        .last_state
-        .as_ref()
-        .unwrap()
-        .terminated
-        .as_ref()
-        .unwrap();
+    let last = last_terminated(app);
     assert_eq!(last.reason.as_deref(), Some("StartError"));
     assert_eq!(last.exit_code, 128);
     assert!(last
@@ -510,13 +506,7 @@ async fn a_container_that_exited_while_no_worker_watched_is_restarted() {
     let status = next.status.get(&next.uid).unwrap();
     let app = &status.container_statuses.clone().unwrap()[0];
     assert_eq!(app.restart_count, 1);
-    let last = app
-        .last_state
-        .as_ref()
-        .unwrap()
-        .terminated
-        .as_ref()
-        .unwrap();
+    let last = last_terminated(app);
     assert_eq!(last.exit_code, 3);
 }
 
