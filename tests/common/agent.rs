@@ -233,6 +233,11 @@ impl Agent {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The agent process's PID, for reading its footprint from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// GET `path` on the agent's HTTP endpoint: (status code, body).
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let mut stream = TcpStream::connect(&self.http)?;
