@@ -134,6 +134,15 @@ impl PodRuntime for FakeRuntime {
         self.environment(pod)
     }
 
+    async fn connect_sandbox(
+        &self,
+        pod: &DesiredPod,
+        _environment: &mut SandboxEnvironment,
+    ) -> Result<(), SandboxFailure> {
+        self.state().calls.push(format!("connect {}", pod.uid()));
+        Ok(())
+    }
+
     async fn adopt_sandbox(&self, pod: &DesiredPod) -> Result<SandboxEnvironment, SandboxFailure> {
         self.state().calls.push(format!("adopt {}", pod.uid()));
         self.environment(pod)

@@ -198,10 +198,9 @@ impl PodRuntime for NodeRuntime {
             files,
             volumes: prepared,
         } = self.local_parts(pod, &spec)?;
-        let host_network = spec.host_network.unwrap_or(false);
         let mut facts = self.facts();
         let mut netns_path = None;
-        if host_network {
+        if spec.host_network.unwrap_or(false) {
             facts.pod_ip = self.settings.host_ip.clone();
         } else {
             let mappings = hostport::port_mappings(&pod.pod);
@@ -211,29 +210,50 @@ impl PodRuntime for NodeRuntime {
                 &labels::sandbox_id(pod.uid()),
             )
             .map_err(|e| sandbox_failed(format!("creating the network namespace: {e}")))?;
-            let sandbox_id = labels::sandbox_id(pod.uid());
-            let request = network_request(pod, &sandbox_id, &path, &mappings);
-            match self.network.setup(&request).await {
-                Ok(network) => facts.pod_ip = network.ips.first().map(|ip| ip.to_string()),
-                Err(e) => {
-                    let _ = netns::remove(&path);
-                    self.release_ports(pod.uid());
-                    return Err(sandbox_failed(format!(
-                        "failed to set up the pod network ({}): {e}",
-                        self.network.describe()
-                    )));
-                }
-            }
             netns_path = Some(path);
         }
+        Ok(SandboxEnvironment {
+            facts,
+            files: Some(files),
+            netns: netns_path,
+            cgroup_parent: cgroup.path,
+            qos,
+            volumes: prepared,
+            warnings: Vec::new(),
+            min_oom_score_adj: self.min_oom_score_adj,
+        })
+    }
 
+    async fn connect_sandbox(
+        &self,
+        pod: &DesiredPod,
+        environment: &mut SandboxEnvironment,
+    ) -> Result<(), SandboxFailure> {
+        let spec = pod.pod.spec.clone().unwrap_or_default();
+        let sandbox_failed = |m: String| failure("FailedCreatePodSandBox", m);
+        if let Some(path) = &environment.netns {
+            let sandbox_id = labels::sandbox_id(pod.uid());
+            let mappings = hostport::port_mappings(&pod.pod);
+            let request = network_request(pod, &sandbox_id, path, &mappings);
+            let network = self.network.setup(&request).await.map_err(|e| {
+                sandbox_failed(format!(
+                    "failed to set up the pod network ({}): {e}",
+                    self.network.describe()
+                ))
+            })?;
+            environment.facts.pod_ip = network.ips.first().map(|ip| ip.to_string());
+        }
+        let Some(files) = &environment.files else {
+            return Ok(());
+        };
         let hostname = spec::pod_hostname(pod);
         let node_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
         let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let hosts = pod_files::hosts_file(pod, &hostname, facts.pod_ip.as_deref(), &node_hosts);
+        let pod_ip = environment.facts.pod_ip.as_deref();
+        let hosts = pod_files::hosts_file(pod, &hostname, pod_ip, &node_hosts);
         let resolv = pod_files::resolv_conf(&spec, &node_resolv);
         pod_files::prepare(
-            &files,
+            files,
             &hosts,
             &resolv.content,
             &hostname,
@@ -245,23 +265,13 @@ impl PodRuntime for NodeRuntime {
                 files.dir.display()
             ))
         })?;
-        let mut warnings = Vec::new();
         if resolv.missing_cluster_dns {
-            warnings.push((
+            environment.warnings.push((
                 "MissingClusterDNS",
                 "pod: \"".to_string() + pod.name() + "\". kubelet does not have ClusterDNS IP configured and cannot create Pod using \"ClusterFirst\" policy. Falling back to \"Default\" policy.",
             ));
         }
-        Ok(SandboxEnvironment {
-            facts,
-            files: Some(files),
-            netns: netns_path,
-            cgroup_parent: cgroup.path,
-            qos,
-            volumes: prepared,
-            warnings,
-            min_oom_score_adj: self.min_oom_score_adj,
-        })
+        Ok(())
     }
 
     async fn adopt_sandbox(&self, pod: &DesiredPod) -> Result<SandboxEnvironment, SandboxFailure> {

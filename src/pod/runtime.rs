@@ -64,11 +64,21 @@ pub struct ExistingContainer {
 }
 
 pub trait PodRuntime: Send + Sync + 'static {
-    /// Cgroup, volumes, network (with hostPorts) and shared files of a pod.
+    /// Cgroup, volumes, hostPort claim and network namespace of a pod: what
+    /// its sandbox task needs to be created.
     fn prepare_sandbox(
         &self,
         pod: &DesiredPod,
     ) -> impl Future<Output = Result<SandboxEnvironment, SandboxFailure>> + Send;
+
+    /// The pod's network (CNI ADD into the prepared namespace) and then its
+    /// shared files, which name its IP. Independent of the sandbox task, so
+    /// the two proceed side by side.
+    fn connect_sandbox(
+        &self,
+        pod: &DesiredPod,
+        environment: &mut SandboxEnvironment,
+    ) -> impl Future<Output = Result<(), SandboxFailure>> + Send;
 
     /// What an earlier run of the agent prepared for a pod whose sandbox
     /// still runs, found again without changing it (the network keeps its

@@ -63,7 +63,9 @@ impl<R: PodRuntime> Worker<R> {
                     "Pod sandbox changed, it will be killed and re-created.",
                 );
             }
-            runtime.remove_pod(self.pod.uid()).await;
+            if !existing.is_empty() {
+                runtime.remove_pod(self.pod.uid()).await;
+            }
             runtime.release_sandbox(&self.pod).await;
             self.record.sandbox_lost(Instant::now());
             return;

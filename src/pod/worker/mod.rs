@@ -27,7 +27,7 @@ mod stop;
 use super::checkpoint::{Checkpoint, Clocks};
 use super::plan::plan;
 use super::probe::{ContainerProbes, ProbeUpdate};
-use super::runtime::{PodRuntime, SandboxEnvironment};
+use super::runtime::{PodRuntime, SandboxEnvironment, SandboxFailure};
 use super::state::{ContainerRecord, PodRecord, RunState};
 use crate::desired::DesiredPod;
 use crate::runtime::containerd::events::RuntimeEvent;
@@ -217,28 +217,17 @@ impl<R: PodRuntime> Worker<R> {
         }
     }
 
-    /// Prepares what the sandbox stands on (cgroup, volumes, network,
-    /// files), then runs the pause container in the pod's network
-    /// namespace. A failure undoes the preparation and backs off.
+    /// Prepares what the sandbox stands on (cgroup, volumes, network
+    /// namespace), then runs the pause container while the network is set
+    /// up in its namespace (CNI does not need the task, nor the task the
+    /// address), then writes the pod's files. A failure undoes everything
+    /// and backs off.
     async fn create_sandbox(&mut self) {
-        let runtime = &self.ctx.runtime;
-        let environment = match runtime.prepare_sandbox(&self.pod).await {
+        let runtime = self.ctx.runtime.clone();
+        let mut environment = match runtime.prepare_sandbox(&self.pod).await {
             Ok(environment) => environment,
-            Err(failure) => {
-                runtime.release_sandbox(&self.pod).await;
-                let wait = self.record.sandbox_retry.failed(Instant::now());
-                warn!(pod = %self.pod.name(), file = %self.pod.source.display(), reason = failure.reason, "cannot prepare the pod: {}; retrying in {wait:?}", failure.message);
-                let message = match failure.reason {
-                    "FailedMount" => failure.message,
-                    _ => format!("Failed to create pod sandbox: {}", failure.message),
-                };
-                self.record_pod_event(EventType::Warning, failure.reason, &message);
-                return;
-            }
+            Err(failure) => return self.sandbox_failed(failure, false).await,
         };
-        for (reason, message) in &environment.warnings {
-            self.record_pod_event(EventType::Warning, reason, message);
-        }
         let image = runtime.sandbox_image().clone();
         let inputs = SandboxInputs {
             cgroup_path: cgroups::container_cgroup_path(
@@ -251,41 +240,61 @@ impl<R: PodRuntime> Worker<R> {
                 resources::SANDBOX_OOM_SCORE_ADJ.max(environment.min_oom_score_adj),
             ),
         };
-        let result = match spec::sandbox_spec(&self.pod, &image.config, &inputs) {
-            Ok(oci) => {
-                let new = NewContainer {
-                    id: &self.sandbox_id,
-                    image: &image.name,
-                    chain_id: &image.chain_id,
-                    spec: &oci,
-                    labels: labels::for_container(&self.pod, labels::SANDBOX_NAME),
-                    log_target: None,
-                };
-                runtime.run_container(new).await.map_err(|e| e.to_string())
+        let oci = match spec::sandbox_spec(&self.pod, &image.config, &inputs) {
+            Ok(oci) => oci,
+            Err(e) => {
+                return self
+                    .sandbox_failed(sandbox_failure(e.to_string()), false)
+                    .await
             }
-            Err(e) => Err(e.to_string()),
         };
-        match result {
-            Ok(pid) => {
-                self.record.sandbox_pid = Some(pid);
-                self.record.start_time = Some(jiff::Timestamp::now());
-                self.record.pod_ip = environment.facts.pod_ip.clone();
-                self.record.host_ip = environment.facts.host_ip.clone();
-                self.record.qos = Some(environment.qos.as_str());
-                self.environment = Some(environment);
+        let new = NewContainer {
+            id: &self.sandbox_id,
+            image: &image.name,
+            chain_id: &image.chain_id,
+            spec: &oci,
+            labels: labels::for_container(&self.pod, labels::SANDBOX_NAME),
+            log_target: None,
+        };
+        let (started, connected) = tokio::join!(
+            runtime.run_container(new),
+            runtime.connect_sandbox(&self.pod, &mut environment)
+        );
+        let pid = match (started, connected) {
+            (Ok(pid), Ok(())) => pid,
+            (Err(e), _) => {
+                return self
+                    .sandbox_failed(sandbox_failure(e.to_string()), true)
+                    .await
             }
-            Err(message) => {
-                let _ = runtime.remove_container(&self.sandbox_id).await;
-                runtime.release_sandbox(&self.pod).await;
-                let wait = self.record.sandbox_retry.failed(Instant::now());
-                warn!(pod = %self.pod.name(), file = %self.pod.source.display(), "cannot create the pod sandbox: {message}; retrying in {wait:?}");
-                self.record_pod_event(
-                    EventType::Warning,
-                    "FailedCreatePodSandBox",
-                    &format!("Failed to create pod sandbox: {message}"),
-                );
-            }
+            (Ok(_), Err(failure)) => return self.sandbox_failed(failure, true).await,
+        };
+        for (reason, message) in &environment.warnings {
+            self.record_pod_event(EventType::Warning, reason, message);
         }
+        self.record.sandbox_pid = Some(pid);
+        self.record.start_time = Some(jiff::Timestamp::now());
+        self.record.pod_ip = environment.facts.pod_ip.clone();
+        self.record.host_ip = environment.facts.host_ip.clone();
+        self.record.qos = Some(environment.qos.as_str());
+        self.environment = Some(environment);
+    }
+
+    /// Undoes a failed sandbox creation and backs off, with the kubelet's
+    /// event.
+    async fn sandbox_failed(&mut self, failure: SandboxFailure, created: bool) {
+        let runtime = &self.ctx.runtime;
+        if created {
+            let _ = runtime.remove_container(&self.sandbox_id).await;
+        }
+        runtime.release_sandbox(&self.pod).await;
+        let wait = self.record.sandbox_retry.failed(Instant::now());
+        warn!(pod = %self.pod.name(), file = %self.pod.source.display(), reason = failure.reason, "cannot create the pod sandbox: {}; retrying in {wait:?}", failure.message);
+        let message = match failure.reason {
+            "FailedMount" => failure.message,
+            _ => format!("Failed to create pod sandbox: {}", failure.message),
+        };
+        self.record_pod_event(EventType::Warning, failure.reason, &message);
     }
 
     fn pod_log_dir(&self) -> PathBuf {
@@ -491,6 +500,13 @@ impl<R: PodRuntime> Worker<R> {
         self.ctx
             .recorder
             .record(ObjectRef::pod(&self.pod), event_type, reason, message);
+    }
+}
+
+fn sandbox_failure(message: String) -> SandboxFailure {
+    SandboxFailure {
+        reason: "FailedCreatePodSandBox",
+        message,
     }
 }
 
