@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::status::events::Retention;
+
 /// Where the config file is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/podkeeper/config.yaml";
 
@@ -80,6 +82,15 @@ pub struct RunFlags {
     /// Log files kept per container, the current one included [default: 5]
     #[arg(long)]
     pub container_log_max_files: Option<u32>,
+    /// Seconds an event is kept after it last happened, as the API server's --event-ttl [default: 3600]
+    #[arg(long)]
+    pub event_ttl_seconds: Option<u64>,
+    /// Events kept per involved object (pod, manifest file, node); the least recently seen go first [default: 100]
+    #[arg(long)]
+    pub event_max_per_pod: Option<usize>,
+    /// Events kept in all [default: 2048]
+    #[arg(long)]
+    pub event_max_total: Option<usize>,
 }
 
 /// The config file's keys; the same names as the flags.
@@ -106,6 +117,9 @@ struct FileSettings {
     node_ip: Option<String>,
     container_log_max_size: Option<u64>,
     container_log_max_files: Option<u32>,
+    event_ttl_seconds: Option<u64>,
+    event_max_per_pod: Option<usize>,
+    event_max_total: Option<usize>,
 }
 
 /// Settings after merging, validated once at start-up.
@@ -133,6 +147,8 @@ pub struct Settings {
     pub node_ip: Option<String>,
     pub container_log_max_size: u64,
     pub container_log_max_files: u32,
+    /// How long and how many events are kept (`event-*` keys).
+    pub event_retention: Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +182,7 @@ impl Settings {
     }
 
     fn merge(flags: RunFlags, file: FileSettings) -> Result<Settings, ConfigError> {
+        let event_retention = event_retention(&flags, &file)?;
         let namespace = flags
             .containerd_namespace
             .or(file.containerd_namespace)
@@ -268,6 +285,7 @@ impl Settings {
                 .container_log_max_files
                 .or(file.container_log_max_files)
                 .unwrap_or(5),
+            event_retention,
         })
     }
 
@@ -275,6 +293,39 @@ impl Settings {
     pub fn api_socket(&self) -> PathBuf {
         api_socket_in(&self.state_dir)
     }
+}
+
+/// The `event-*` keys; each must be at least 1, since keeping no events at
+/// all is surely a mistake.
+fn event_retention(flags: &RunFlags, file: &FileSettings) -> Result<Retention, ConfigError> {
+    let default = Retention::default();
+    let at_least_one = |key: &'static str, value: u64| {
+        if value == 0 {
+            Err(ConfigError::Invalid {
+                key,
+                reason: "must be at least 1".into(),
+            })
+        } else {
+            Ok(value)
+        }
+    };
+    let ttl = flags
+        .event_ttl_seconds
+        .or(file.event_ttl_seconds)
+        .unwrap_or(default.ttl.as_secs());
+    let per_pod = flags
+        .event_max_per_pod
+        .or(file.event_max_per_pod)
+        .unwrap_or(default.max_per_object);
+    let total = flags
+        .event_max_total
+        .or(file.event_max_total)
+        .unwrap_or(default.max_total);
+    Ok(Retention {
+        ttl: std::time::Duration::from_secs(at_least_one("event-ttl-seconds", ttl)?),
+        max_per_object: at_least_one("event-max-per-pod", per_pod as u64)? as usize,
+        max_total: at_least_one("event-max-total", total as u64)? as usize,
+    })
 }
 
 /// A list setting: the flag's values if any were given, else the file's,
@@ -404,7 +455,7 @@ mod tests {
         .unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
         let keys = uncommented.lines().count();
-        assert_eq!(keys, 20, "every setting appears in packaging/config.yaml");
+        assert_eq!(keys, 23, "every setting appears in packaging/config.yaml");
     }
 
     #[test]
@@ -424,6 +475,27 @@ mod tests {
             let err = Settings::merge(flags, FileSettings::default()).unwrap_err();
             assert!(err.to_string().starts_with("containerd-namespace"), "{err}");
         }
+    }
+
+    #[test]
+    fn event_limits_come_from_flags_or_the_file_and_must_not_be_zero() {
+        let f = file("event-ttl-seconds: 600\nevent-max-per-pod: 7\n");
+        let flags = RunFlags {
+            node_name: Some("n".into()),
+            event_max_total: Some(50),
+            ..Default::default()
+        };
+        let s = Settings::merge(flags.clone(), f).unwrap();
+        assert_eq!(
+            s.event_retention,
+            Retention {
+                ttl: std::time::Duration::from_secs(600),
+                max_per_object: 7,
+                max_total: 50,
+            }
+        );
+        let err = Settings::merge(flags, file("event-max-per-pod: 0\n")).unwrap_err();
+        assert!(err.to_string().starts_with("event-max-per-pod"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::Event;
@@ -16,6 +15,7 @@ use super::{pods, ApiState};
 use crate::images::service::ImageService;
 use crate::proto;
 use crate::proto::agent_server::{Agent, AgentServer};
+use crate::status::events::EventFilter;
 
 /// Binds the socket (replacing a stale one), restricts it to root and
 /// serves until the task is dropped.
@@ -76,29 +76,17 @@ impl Agent for AgentService {
         request: Request<proto::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let request = request.into_inner();
-        let name = if request.pod_name.is_empty() {
-            None
-        } else {
-            let (desired, _) = pods::find(&self.state, &request.namespace, &request.pod_name)
-                .ok_or_else(|| {
-                    Status::not_found(format!("pod {:?} not found", request.pod_name))
-                })?;
-            Some(desired.name().to_string())
-        };
-        let filter = EventFilter {
-            namespace: request.namespace,
-            name,
-        };
+        let filter = self.event_filter(&request)?;
         // Subscribe before listing so nothing falls between the two.
         let mut updates = request.follow.then(|| self.state.events.subscribe());
         let existing = if request.include_existing {
-            self.state.events.list()
+            self.state.events.list_for(&filter)
         } else {
             Vec::new()
         };
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            for event in existing.iter().filter(|e| filter.matches(e)) {
+            for event in &existing {
                 if tx.send(Ok(to_proto(event))).await.is_err() {
                     return;
                 }
@@ -215,8 +203,7 @@ impl Agent for AgentService {
                 pods.join(", ")
             )));
         }
-        let runtime = self.state.images.runtime();
-        match runtime.delete_image(&name).await {
+        match self.state.images.delete(&name).await {
             Ok(()) => Ok(Response::new(proto::RemoveImageResponse {})),
             Err(e) if e.is_not_found() => Err(Status::not_found(format!("no image {name}"))),
             Err(e) => Err(Status::unavailable(e.to_string())),
@@ -225,6 +212,37 @@ impl Agent for AgentService {
 }
 
 impl AgentService {
+    /// The events a watch asks for. A pod is named as for `GetPod` (short
+    /// names work); one whose manifest is gone is found by its events, which
+    /// outlive it.
+    fn event_filter(&self, request: &proto::WatchEventsRequest) -> Result<EventFilter, Status> {
+        let namespace = (!request.namespace.is_empty()).then(|| request.namespace.clone());
+        let uid = (!request.pod_uid.is_empty()).then(|| request.pod_uid.clone());
+        if request.pod_name.is_empty() {
+            return Ok(EventFilter {
+                namespace,
+                name: None,
+                uid,
+            });
+        }
+        let namespace = namespace.unwrap_or_else(|| "default".into());
+        let name = match pods::find(&self.state, &namespace, &request.pod_name) {
+            Some((desired, _)) => desired.name().to_string(),
+            None => self
+                .state
+                .events
+                .resolve_name(&namespace, &request.pod_name)
+                .ok_or_else(|| {
+                    Status::not_found(format!("pod {:?} not found", request.pod_name))
+                })?,
+        };
+        Ok(EventFilter {
+            namespace: Some(namespace),
+            name: Some(name),
+            uid,
+        })
+    }
+
     /// Pods (`namespace/name`) by the normalized images their containers use.
     fn image_users(&self) -> HashMap<String, Vec<String>> {
         let mut users: HashMap<String, Vec<String>> = HashMap::new();
@@ -254,24 +272,6 @@ impl AgentService {
     }
 }
 
-struct EventFilter {
-    namespace: String,
-    name: Option<String>,
-}
-
-impl EventFilter {
-    fn matches(&self, event: &Arc<Event>) -> bool {
-        let object = &event.involved_object;
-        let namespace_ok =
-            self.namespace.is_empty() || object.namespace.as_deref() == Some(&self.namespace);
-        let name_ok = self
-            .name
-            .as_ref()
-            .is_none_or(|n| object.name.as_ref() == Some(n));
-        namespace_ok && name_ok
-    }
-}
-
 fn to_proto(event: &Event) -> proto::Event {
     let object = &event.involved_object;
     let text = |s: &Option<String>| s.clone().unwrap_or_default();
@@ -293,5 +293,8 @@ fn to_proto(event: &Event) -> proto::Event {
         last_timestamp: time(&event.last_timestamp),
         source_component: text(&source.component),
         source_host: text(&source.host),
+        name: text(&event.metadata.name),
+        // An Event is plain data: serializing it cannot fail.
+        event_json: serde_json::to_string(event).unwrap_or_default(),
     }
 }
