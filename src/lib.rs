@@ -14,6 +14,7 @@ pub mod desired;
 pub mod images;
 pub mod logs;
 pub mod manifest;
+pub mod notify;
 pub mod pod;
 pub mod runtime;
 pub mod status;

@@ -1,7 +1,8 @@
 //! The `podkeeper` binary: `run` is the agent; the other subcommands are
 //! clients of its API.
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 
 use podkeeper::cli::{self, ClientFlags, DescribeWhat, GetWhat};
 use podkeeper::config::{RunFlags, Settings};
@@ -39,9 +40,12 @@ enum Command {
         client: ClientFlags,
         /// Only events of this pod
         pod: Option<String>,
-        /// Keep printing new events
+        /// Keep printing new and updated events
         #[arg(long, short = 'w')]
         watch: bool,
+        /// Print Kubernetes v1 Events instead of a table
+        #[arg(long, short = 'o', value_enum)]
+        output: Option<cli::EventsOutput>,
     },
     /// Manage images: ls, pull, import, rm
     Image {
@@ -69,6 +73,26 @@ enum Command {
     /// people: see `podkeeper::logs::logger_uri`, which builds its command line)
     #[command(name = podkeeper::logs::LOGGER_COMMAND, hide = true)]
     CriLogger { argument: String },
+    /// Writes the man pages or a shell completion script from these very
+    /// definitions, so they never drift from the binary (packaging/build.sh
+    /// calls it; build.rs cannot, as it cannot see the crate it builds)
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generated,
+    },
+}
+
+/// What `podkeeper generate` writes.
+#[derive(Subcommand)]
+enum Generated {
+    /// Man pages: podkeeper.1 and one per subcommand (podkeeper-run.1, ...)
+    Man {
+        /// Directory to write them into (created if missing)
+        dir: std::path::PathBuf,
+    },
+    /// A completion script for SHELL, on standard output
+    Completions { shell: clap_complete::Shell },
 }
 
 fn main() -> std::process::ExitCode {
@@ -119,7 +143,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Get { client, what } => cli::get(&client, &what).await,
         Command::Describe { client, what } => cli::describe(&client, &what).await,
-        Command::Events { client, pod, watch } => cli::events(&client, pod.as_deref(), watch).await,
+        Command::Events {
+            client,
+            pod,
+            watch,
+            output,
+        } => cli::events(&client, pod.as_deref(), watch, output).await,
         Command::Image { client, command } => cli::images::run(&client, &command).await,
         Command::Logs {
             client,
@@ -128,6 +157,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             tail,
             follow,
         } => cli::logs(&client, &pod, container.as_deref(), tail, follow).await,
+        Command::Generate { what } => generate(what),
         Command::CriLogger { .. } => {
             anyhow::bail!(
                 "{} is handled before the runtime starts",
@@ -135,4 +165,35 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+fn generate(what: Generated) -> anyhow::Result<()> {
+    let command = Cli::command();
+    match what {
+        Generated::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(command, &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))
+        }
+        Generated::Completions { shell } => {
+            let mut visible = without_hidden_subcommands(&command);
+            clap_complete::generate(shell, &mut visible, "podkeeper", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// The command without its hidden subcommands: clap_complete would offer
+/// them (`cri-logger`, `generate`), and clap cannot remove a subcommand, so
+/// the top level is rebuilt from the visible ones.
+fn without_hidden_subcommands(command: &clap::Command) -> clap::Command {
+    clap::Command::new("podkeeper")
+        .version(podkeeper::VERSION)
+        .args(command.get_arguments().cloned())
+        .subcommands(
+            command
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set())
+                .cloned(),
+        )
 }

@@ -2,7 +2,8 @@
 //!
 //! [`parse`] is pure (bytes in, pod or error out); [`source`] owns the
 //! directory: listing, watching and keeping the last good version of each
-//! file.
+//! file; [`permissions`] refuses manifests anyone but root could write.
 
 pub mod parse;
+pub mod permissions;
 pub mod source;

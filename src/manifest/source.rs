@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tracing::{info, warn};
 
 use super::parse::{parse_manifest, MAX_MANIFEST_BYTES};
+use super::permissions;
 use crate::desired::{DesiredPod, DesiredSet, DesiredWriter};
 use crate::status::events::{EventType, ObjectRef, Recorder};
 use crate::watch::DirWatch;
@@ -124,6 +125,13 @@ impl ManifestSource {
     }
 
     fn read_file(&mut self, path: &Path) {
+        // Checked on every pass, not only at start-up: a manifest someone
+        // else can write would let them run privileged containers.
+        if let Some(reason) = permissions::insecure_reason(path) {
+            let message =
+                format!("refused: {reason}; manifests must be root's and writable only by root");
+            return self.set_error(path, Vec::new(), message);
+        }
         let content = match read_limited(path) {
             Ok(content) => content,
             // Removed since the listing: the same as not listed, no error.
@@ -163,8 +171,12 @@ impl ManifestSource {
     /// version, if any, stays.
     fn set_error(&mut self, path: &Path, content: Vec<u8>, message: String) {
         let record = self.files.entry(path.to_path_buf()).or_default();
+        // New broken content with the same error is recorded again (the
+        // event log counts it); only re-reading the same bytes is not.
+        let repeated =
+            record.error.as_deref() == Some(message.as_str()) && record.content == content;
         record.content = content;
-        if record.error.as_deref() == Some(message.as_str()) {
+        if repeated {
             return;
         }
         let keeping = record.last_good.as_ref().map(|p| p.name().to_string());
@@ -224,7 +236,7 @@ impl ManifestSource {
     }
 }
 
-enum Entry {
+pub(super) enum Entry {
     Manifest,
     Ignored(&'static str),
 }
@@ -233,7 +245,7 @@ enum Entry {
 /// manifests. The kubelet reads every non-dot file, so an editor's
 /// `web.yaml~` or `web.yaml.bak` silently overrides the real manifest
 /// (kubernetes#136962); podkeeper does not.
-fn classify(path: &Path) -> Entry {
+pub(super) fn classify(path: &Path) -> Entry {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -444,6 +456,37 @@ mod tests {
         std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
         source.sync();
         assert_eq!(reasons(&mut events), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_manifest_others_can_write_is_refused_and_the_last_good_pod_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yaml");
+        let set_mode =
+            |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
+        set_mode(0o644);
+        let (mut source, reader, mut events) = source_with_events(dir.path());
+        source.sync();
+        let uid = reader.snapshot().pods.keys().next().cloned().unwrap();
+
+        // Loosened and edited: the edit is not read, the running pod stays.
+        set_mode(0o666);
+        std::fs::write(&path, POD.replace("NAME", "other")).unwrap();
+        source.sync();
+        assert_eq!(reader.snapshot().pods.keys().next(), Some(&uid));
+        assert_eq!(reasons(&mut events), ["FailedParse"]);
+
+        set_mode(0o644);
+        source.sync();
+        assert_eq!(names(&reader), ["other-node1"]);
+
+        let fresh = dir.path().join("fresh.yaml");
+        std::fs::write(&fresh, POD.replace("NAME", "fresh")).unwrap();
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o646)).unwrap();
+        source.sync();
+        assert_eq!(names(&reader), ["other-node1"]);
     }
 
     #[test]
