@@ -1,13 +1,16 @@
-//! The agent's API: kubelet-style read-only HTTP (`/pods`, `/healthz`) and
-//! podkeeper's own gRPC service on a root-only unix socket. Pod and event
-//! handlers read snapshots of the desired set, the status store and the
-//! event log; only the image calls of the gRPC service act, through the
-//! image service. Nothing here changes pods: the manifest directory does.
+//! The agent's API: read-only HTTP (the kubelet's `/pods`, health, metrics
+//! and a read-only Kubernetes API subset for kubectl) and podkeeper's own
+//! gRPC service on a root-only unix socket. Pod and event handlers read
+//! snapshots of the desired set, the status store and the event log; only
+//! the image calls of the gRPC service act, through the image service.
+//! Nothing here changes pods: the manifest directory does.
 
+pub mod describe;
 pub mod grpc;
 pub mod http;
 pub mod pods;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::desired::DesiredReader;
@@ -26,4 +29,10 @@ pub struct ApiState {
     pub images: Arc<ImageService>,
     /// Name of the sandbox image, which every pod uses.
     pub sandbox_image: String,
+    /// Whether containerd's event stream is up, kept by the agent; `/readyz`
+    /// and `/metrics` report it. A cheap signal: no call to containerd.
+    pub containerd_reachable: Arc<AtomicBool>,
+    /// What the HTTP API keeps between requests (serialized pods,
+    /// request metrics), shared by its listeners.
+    pub http: Arc<http::Shared>,
 }

@@ -1,7 +1,6 @@
 //! Pods as the API shows them: the desired object with its latest status.
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
-use k8s_openapi::List;
 
 use super::ApiState;
 use crate::desired::DesiredPod;
@@ -14,27 +13,26 @@ pub fn list(state: &ApiState) -> Vec<(std::sync::Arc<DesiredPod>, Pod)> {
         .pods
         .values()
         .map(|desired| {
-            let mut pod = desired.pod.clone();
-            pod.status = Some(match state.status.get(desired.uid()) {
-                Some(status) => (*status).clone(),
-                None => PodStatus {
-                    phase: Some("Pending".into()),
-                    ..Default::default()
-                },
-            });
-            (desired.clone(), pod)
+            let status = state.status.get(desired.uid());
+            (desired.clone(), with_status(desired, status.as_deref()))
         })
         .collect();
     pods.sort_by(|(a, _), (b, _)| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
     pods
 }
 
-/// A `v1.PodList`, as the kubelet's read-only `/pods` returns.
-pub fn pod_list(state: &ApiState) -> List<Pod> {
-    List {
-        items: list(state).into_iter().map(|(_, pod)| pod).collect(),
-        metadata: Default::default(),
-    }
+/// The pod object of `desired` with `status`; a pod no worker has
+/// reported on yet is `Pending`.
+pub fn with_status(desired: &DesiredPod, status: Option<&PodStatus>) -> Pod {
+    let mut pod = desired.pod.clone();
+    pod.status = Some(match status {
+        Some(status) => status.clone(),
+        None => PodStatus {
+            phase: Some("Pending".into()),
+            ..Default::default()
+        },
+    });
+    pod
 }
 
 /// Finds a pod by namespace and name; the short name without the
@@ -44,12 +42,22 @@ pub fn find(
     namespace: &str,
     name: &str,
 ) -> Option<(std::sync::Arc<DesiredPod>, Pod)> {
+    find_in(list(state), |(d, _)| d, namespace, name)
+}
+
+/// [`find`] among `items`, each holding the desired pod `desired_of`
+/// gives (for callers that keep pods in their own form).
+pub fn find_in<T>(
+    items: Vec<T>,
+    desired_of: impl Fn(&T) -> &DesiredPod,
+    namespace: &str,
+    name: &str,
+) -> Option<T> {
     let namespace = if namespace.is_empty() {
         "default"
     } else {
         namespace
     };
-    let pods = list(state);
     let node = |p: &DesiredPod| {
         p.pod
             .spec
@@ -57,16 +65,18 @@ pub fn find(
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default()
     };
-    let exact = pods
-        .iter()
-        .position(|(d, _)| d.namespace() == namespace && d.name() == name);
+    let exact = items.iter().position(|item| {
+        let d = desired_of(item);
+        d.namespace() == namespace && d.name() == name
+    });
     let short = || {
-        pods.iter().position(|(d, _)| {
+        items.iter().position(|item| {
+            let d = desired_of(item);
             d.namespace() == namespace && d.name() == format!("{name}-{}", node(d))
         })
     };
     let index = exact.or_else(short)?;
-    pods.into_iter().nth(index)
+    items.into_iter().nth(index)
 }
 
 /// The gRPC summary of a pod.

@@ -43,8 +43,20 @@ pub enum Output {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum DescribeWhat {
-    /// Describe one pod (the short name without -<node> works)
-    Pod { name: String },
+    /// Describe one pod as `kubectl describe pod` does (the short name
+    /// without -<node> works)
+    Pod {
+        name: String,
+        /// Output format: the same facts as JSON instead of text
+        #[arg(long, short = 'o', value_enum)]
+        output: Option<DescribeOutput>,
+    },
+}
+
+/// The formats of `podkeeper describe -o`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DescribeOutput {
+    Json,
 }
 
 type Client = AgentClient<tonic::transport::Channel>;
@@ -161,114 +173,147 @@ fn pod_status_word(pod: &proto::PodSummary) -> String {
         .unwrap_or_else(|| pod.phase.clone())
 }
 
-/// `podkeeper describe pod NAME`.
+/// `podkeeper describe pod NAME [-o json]`: kubectl's layout, rendered
+/// here from the pod object and its events (`api::describe`).
 pub async fn describe(flags: &ClientFlags, what: &DescribeWhat) -> anyhow::Result<()> {
-    let DescribeWhat::Pod { name } = what;
+    let DescribeWhat::Pod { name, output } = what;
     let mut client = connect(flags).await?;
     let namespace = flags.namespace.clone().unwrap_or_else(|| "default".into());
     let request = proto::GetPodRequest {
         namespace: namespace.clone(),
         name: name.clone(),
     };
-    let pod = client
+    // The agent resolves the short name, as for `get pods NAME`.
+    let summary = client
         .get_pod(request)
         .await
         .map_err(rpc_error)?
         .into_inner();
-    let events = collect_events(&mut client, &namespace, &pod.name, false).await?;
-    let mut out = String::new();
-    let mut field = |k: &str, v: &str| out.push_str(&format!("{:<15}{}\n", format!("{k}:"), v));
-    field("Name", &pod.name);
-    field("Namespace", &pod.namespace);
-    field(
-        "Start Time",
-        if pod.start_time.is_empty() {
-            "<none>"
-        } else {
-            &pod.start_time
-        },
-    );
-    field("Status", &pod.phase);
-    field(
-        "IP",
-        if pod.pod_ip.is_empty() {
-            "<none>"
-        } else {
-            &pod.pod_ip
-        },
-    );
-    field("Manifest", &pod.manifest_path);
-    out.push_str("Containers:\n");
-    for c in &pod.containers {
-        out.push_str(&format!("  {}:\n", c.name));
-        let mut rows = vec![
-            vec!["    Container ID:".to_string(), c.container_id.clone()],
-            vec!["    Image:".into(), c.image.clone()],
-            vec!["    State:".into(), c.state.clone()],
-        ];
-        if !c.reason.is_empty() {
-            rows.push(vec!["      Reason:".into(), c.reason.clone()]);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_str(&summary.pod_json)
+        .context("the agent sent a pod that is not a v1 Pod")?;
+    let events = collect_events(&mut client, &namespace, &summary.name, false)
+        .await?
+        .iter()
+        .map(|e| serde_json::from_str(&e.event_json))
+        .collect::<Result<Vec<k8s_openapi::api::core::v1::Event>, _>>()
+        .context("the agent sent an event that is not a v1 Event")?;
+    // Like kubectl's event search by the pod's UID: a removed pod's events
+    // outlive it, and a new pod with the same name is another pod.
+    let events: Vec<_> = events
+        .into_iter()
+        .filter(|e| e.involved_object.uid.is_none() || e.involved_object.uid == pod.metadata.uid)
+        .collect();
+    let now = jiff::Timestamp::now();
+    match output {
+        Some(DescribeOutput::Json) => {
+            let value = crate::api::describe::describe_pod_json(&pod, &events, now);
+            println!("{}", serde_json::to_string_pretty(&value)?);
         }
-        if c.state == "Terminated" {
-            rows.push(vec!["      Exit Code:".into(), c.exit_code.to_string()]);
-        }
-        rows.push(vec![
-            "    Ready:".into(),
-            if c.ready { "True" } else { "False" }.into(),
-        ]);
-        rows.push(vec![
-            "    Restart Count:".into(),
-            c.restart_count.to_string(),
-        ]);
-        rows.push(vec!["    Log:".into(), c.log_path.clone()]);
-        out.push_str(&table(&rows));
+        None => print!("{}", crate::api::describe::describe_pod(&pod, &events, now)),
     }
-    if events.is_empty() {
-        out.push_str("Events:  <none>\n");
-    } else {
-        out.push_str("Events:\n");
-        out.push_str(&events_table(&events, "  "));
-    }
-    print!("{out}");
     Ok(())
 }
 
-/// `podkeeper events [POD] [--watch]`.
-pub async fn events(flags: &ClientFlags, pod: Option<&str>, watch: bool) -> anyhow::Result<()> {
+/// `podkeeper events [POD] [--watch] [-o json|yaml]`: a pod is named as
+/// for `get pods` (short names work), and its events stay listed after its
+/// manifest is removed, until they expire.
+pub async fn events(
+    flags: &ClientFlags,
+    pod: Option<&str>,
+    watch: bool,
+    output: Option<EventsOutput>,
+) -> anyhow::Result<()> {
     let mut client = connect(flags).await?;
-    let namespace = flags.namespace.clone().unwrap_or_default();
-    let namespace = if pod.is_some() && namespace.is_empty() {
-        "default".into()
-    } else {
-        namespace
+    let namespace = match (&flags.namespace, pod) {
+        (Some(namespace), _) => namespace.clone(),
+        (None, Some(_)) => "default".into(),
+        (None, None) => String::new(),
     };
-    let request = proto::WatchEventsRequest {
-        namespace,
-        pod_name: pod.unwrap_or_default().into(),
-        include_existing: true,
-        follow: watch,
-    };
-    let mut stream = client
-        .watch_events(request)
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let pod = pod.unwrap_or_default();
     if !watch {
-        let mut events = Vec::new();
-        while let Some(event) = stream.next().await {
-            events.push(event.map_err(rpc_error)?);
-        }
-        if events.is_empty() {
-            eprintln!("No events found.");
-        } else {
-            print!("{}", events_table(&events, ""));
+        let events = collect_events(&mut client, &namespace, pod, false).await?;
+        match output {
+            Some(format) => {
+                let items = events
+                    .iter()
+                    .map(|e| serde_json::from_str(&e.event_json))
+                    .collect::<Result<Vec<serde_json::Value>, _>>()?;
+                let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+                print!("{}", format.render(&list)?);
+            }
+            None if events.is_empty() => eprintln!("No events found."),
+            None => print!("{}", events_table(&events, "")),
         }
         return Ok(());
     }
+    let mut stream = event_stream(&mut client, &namespace, pod, true).await?;
+    let mut first = true;
     while let Some(event) = stream.next().await {
-        print!("{}", events_table(&[event.map_err(rpc_error)?], ""));
+        let event = event.map_err(rpc_error)?;
+        match output {
+            Some(EventsOutput::Yaml) => {
+                let event: serde_json::Value = serde_json::from_str(&event.event_json)?;
+                print!("---\n{}", EventsOutput::Yaml.render(&event)?);
+            }
+            Some(EventsOutput::Json) => {
+                let event: serde_json::Value = serde_json::from_str(&event.event_json)?;
+                print!("{}", EventsOutput::Json.render(&event)?);
+            }
+            None => {
+                // The column headers once, as `kubectl get events -w`.
+                let table = events_table(&[event], "");
+                let skip = if first { 0 } else { 2 };
+                print!(
+                    "{}",
+                    table
+                        .lines()
+                        .skip(skip)
+                        .map(|l| format!("{l}\n"))
+                        .collect::<String>()
+                );
+            }
+        }
+        first = false;
     }
     Ok(())
+}
+
+/// The formats of `podkeeper events -o`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EventsOutput {
+    Json,
+    Yaml,
+}
+
+impl EventsOutput {
+    fn render(self, value: &serde_json::Value) -> anyhow::Result<String> {
+        Ok(match self {
+            EventsOutput::Json => format!("{}\n", serde_json::to_string_pretty(value)?),
+            EventsOutput::Yaml => serde_yaml::to_string(value)?,
+        })
+    }
+}
+
+/// The agent's event stream for a pod (all pods if `pod` is empty),
+/// existing events first.
+async fn event_stream(
+    client: &mut Client,
+    namespace: &str,
+    pod: &str,
+    follow: bool,
+) -> anyhow::Result<tonic::Streaming<proto::Event>> {
+    let request = proto::WatchEventsRequest {
+        namespace: namespace.into(),
+        pod_name: pod.into(),
+        include_existing: true,
+        follow,
+        pod_uid: String::new(),
+    };
+    Ok(client
+        .watch_events(request)
+        .await
+        .map_err(rpc_error)?
+        .into_inner())
 }
 
 async fn collect_events(
@@ -277,17 +322,7 @@ async fn collect_events(
     pod: &str,
     follow: bool,
 ) -> anyhow::Result<Vec<proto::Event>> {
-    let request = proto::WatchEventsRequest {
-        namespace: namespace.into(),
-        pod_name: pod.into(),
-        include_existing: true,
-        follow,
-    };
-    let mut stream = client
-        .watch_events(request)
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let mut stream = event_stream(client, namespace, pod, follow).await?;
     let mut events = Vec::new();
     while let Some(event) = stream.next().await {
         events.push(event.map_err(rpc_error)?);
@@ -483,60 +518,12 @@ pub(crate) fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Kubernetes' `HumanDuration` (apimachinery duration.go).
-pub fn human_duration(d: jiff::SignedDuration) -> String {
-    let seconds = d.as_secs();
-    if seconds < -2 {
-        return "<invalid>".into();
-    }
-    if seconds < 0 {
-        return "0s".into();
-    }
-    let minutes = seconds / 60;
-    let hours = minutes / 60;
-    let days = hours / 24;
-    let years = days / 365;
-    let pair = |a: i64, ua: &str, b: i64, ub: &str| {
-        if b == 0 {
-            format!("{a}{ua}")
-        } else {
-            format!("{a}{ua}{b}{ub}")
-        }
-    };
-    match () {
-        _ if seconds < 120 => format!("{seconds}s"),
-        _ if minutes < 10 => pair(minutes, "m", seconds % 60, "s"),
-        _ if hours < 3 => format!("{minutes}m"),
-        _ if hours < 8 => pair(hours, "h", minutes % 60, "m"),
-        _ if hours < 48 => format!("{hours}h"),
-        _ if hours < 192 => pair(days, "d", hours % 24, "h"),
-        _ if days < 730 => format!("{days}d"),
-        _ if days < 365 * 8 => pair(years, "y", days % 365, "d"),
-        _ => format!("{years}y"),
-    }
-}
+/// Kubernetes' `HumanDuration`, shared with `describe`.
+pub use crate::api::describe::human_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn human_duration_matches_kubernetes() {
-        let d = |s: i64| human_duration(jiff::SignedDuration::from_secs(s));
-        assert_eq!(d(-5), "<invalid>");
-        assert_eq!(d(-1), "0s");
-        assert_eq!(d(59), "59s");
-        assert_eq!(d(119), "119s");
-        assert_eq!(d(120), "2m");
-        assert_eq!(d(150), "2m30s");
-        assert_eq!(d(600), "10m");
-        assert_eq!(d(3 * 3600 + 60), "3h1m");
-        assert_eq!(d(8 * 3600), "8h");
-        assert_eq!(d(50 * 3600), "2d2h");
-        assert_eq!(d(10 * 86400), "10d");
-        assert_eq!(d(800 * 86400), "2y70d");
-        assert_eq!(d(9 * 365 * 86400), "9y");
-    }
 
     #[test]
     fn tables_align_columns() {

@@ -12,17 +12,52 @@ use std::path::{Path, PathBuf};
 
 use super::cri::parse_line;
 
+/// Which records are printed and how, for the options of the Kubernetes
+/// log API (`kubectl logs --timestamps --since`); the default prints every
+/// record's content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Format {
+    /// Prefix each line of output with the timestamp of the record that
+    /// starts it, as the kubelet does.
+    pub timestamps: bool,
+    /// Leave out records written before this.
+    pub since: Option<jiff::Timestamp>,
+}
+
 /// Writes the content of the records in `data` (whole lines) to `out`.
-pub fn write_content(data: &[u8], out: &mut impl Write) -> io::Result<()> {
+/// `line_start` says whether the output so far ends a line (a `P` record
+/// leaves it false); it carries over between calls on one file.
+pub fn write_content(
+    data: &[u8],
+    format: &Format,
+    line_start: &mut bool,
+    out: &mut impl Write,
+) -> io::Result<()> {
     for line in data.split_inclusive(|&b| b == b'\n') {
         match parse_line(line) {
             Some(record) => {
-                out.write_all(record.content)?;
-                if !record.partial {
-                    out.write_all(b"\n")?;
+                let wanted = format.since.is_none_or(|since| {
+                    record
+                        .timestamp
+                        .parse::<jiff::Timestamp>()
+                        .is_ok_and(|at| at >= since)
+                });
+                if wanted {
+                    if format.timestamps && *line_start {
+                        out.write_all(record.timestamp.as_bytes())?;
+                        out.write_all(b" ")?;
+                    }
+                    out.write_all(record.content)?;
+                    if !record.partial {
+                        out.write_all(b"\n")?;
+                    }
                 }
+                *line_start = !record.partial;
             }
-            None => out.write_all(line)?,
+            None => {
+                out.write_all(line)?;
+                *line_start = true;
+            }
         }
     }
     Ok(())
@@ -58,24 +93,41 @@ pub struct LogReader {
     /// The end of what was read that has no newline yet: a record being
     /// written right now.
     pending: Vec<u8>,
+    format: Format,
+    /// Whether the output so far ends a line (see [`write_content`]).
+    line_start: bool,
 }
 
 impl LogReader {
     /// Opens `path` and writes its content to `out`: everything, or the
     /// last `tail` lines.
     pub fn open(path: &Path, tail: Option<usize>, out: &mut impl Write) -> io::Result<Self> {
+        Self::open_formatted(path, tail, Format::default(), out)
+    }
+
+    /// Like [`LogReader::open`], printing records as `format` says, now
+    /// and on every [`LogReader::poll`].
+    pub fn open_formatted(
+        path: &Path,
+        tail: Option<usize>,
+        format: Format,
+        out: &mut impl Write,
+    ) -> io::Result<Self> {
         let mut file = File::open(path)?;
         let metadata = file.metadata()?;
         let mut data = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
         file.read_to_end(&mut data)?;
         let complete = whole_lines(&data);
         let start = tail.map_or(0, |n| tail_start(&data[..complete], n));
-        write_content(&data[start..complete], out)?;
+        let mut line_start = true;
+        write_content(&data[start..complete], &format, &mut line_start, out)?;
         Ok(LogReader {
             path: path.into(),
             file,
             identity: (metadata.dev(), metadata.ino()),
             pending: data[complete..].to_vec(),
+            format,
+            line_start,
         })
     }
 
@@ -105,7 +157,7 @@ impl LogReader {
     /// Writes an unfinished last record, if any: for when output ends.
     pub fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
         let rest = std::mem::take(&mut self.pending);
-        write_content(&rest, out)
+        write_content(&rest, &self.format, &mut self.line_start, out)
     }
 
     fn read_appended(&mut self, out: &mut impl Write) -> io::Result<bool> {
@@ -120,7 +172,12 @@ impl LogReader {
             return Ok(false);
         }
         let complete = whole_lines(&self.pending);
-        write_content(&self.pending[..complete], out)?;
+        write_content(
+            &self.pending[..complete],
+            &self.format,
+            &mut self.line_start,
+            out,
+        )?;
         self.pending.drain(..complete);
         Ok(true)
     }
@@ -147,7 +204,7 @@ mod tests {
 
     fn content(data: &[u8]) -> String {
         let mut out = Vec::new();
-        write_content(data, &mut out).expect("write");
+        write_content(data, &Format::default(), &mut true, &mut out).expect("write");
         String::from_utf8(out).expect("utf-8")
     }
 
@@ -163,6 +220,21 @@ mod tests {
         assert_eq!(content(&data), "one\ntwo parts\n\n");
         // A trailing P (a line still being written) has no newline yet.
         assert_eq!(content(&cri(&[("P", "half")])), "half");
+    }
+
+    #[test]
+    fn timestamps_start_lines_and_since_leaves_out_older_records() {
+        let data = b"2024-01-05T13:45:01Z stdout F old\n\
+2024-01-05T13:45:03Z stdout P ne\n\
+2024-01-05T13:45:04Z stdout F w\n"
+            .to_vec();
+        let format = Format {
+            timestamps: true,
+            since: Some("2024-01-05T13:45:02Z".parse().expect("timestamp")),
+        };
+        let mut out = Vec::new();
+        write_content(&data, &format, &mut true, &mut out).expect("write");
+        assert_eq!(String::from_utf8_lossy(&out), "2024-01-05T13:45:03Z new\n");
     }
 
     #[test]

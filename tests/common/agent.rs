@@ -338,6 +338,11 @@ impl Agent {
             self.log()
         )
     }
+
+    /// The HTTP endpoint's `127.0.0.1:<port>`.
+    pub fn http_address(&self) -> &str {
+        &self.http
+    }
 }
 
 impl Drop for Agent {

@@ -1,0 +1,149 @@
+//! The read-only HTTP API (hyper), on TCP (`http-listen`) and on a unix
+//! socket in the state directory: the kubelet read-only port's `/pods`,
+//! `/healthz`, `/readyz`, `/metrics`, and enough of the Kubernetes API
+//! (discovery, pods, pod logs, events, watches) that stock `kubectl
+//! --server` works against the agent.
+//!
+//! Layout: [`route`] and [`selector`] turn a request into a route, purely;
+//! [`handlers`] and [`watch`] answer it; [`discovery`], [`table`] and
+//! [`metrics`] render documents.
+//!
+//! Robustness: request heads are bounded in size, header count and time;
+//! bodies are never read (every method that would carry one is refused);
+//! connections per listener are bounded; streams write into bounded
+//! channels, so a slow client only holds up its own task.
+
+mod cache;
+mod discovery;
+mod handlers;
+mod metrics;
+mod response;
+mod route;
+mod selector;
+mod table;
+mod watch;
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::ApiState;
+use response::Body;
+use route::RouteError;
+
+/// Connections served at once per listener; more wait in the kernel's
+/// backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Headers accepted in a request.
+const MAX_HEADERS: usize = 64;
+
+/// Bytes buffered for a request head (the minimum hyper allows): longer
+/// request lines or headers are refused with 431.
+const MAX_HEAD: usize = 8192;
+
+/// Time a client has to send a whole request head, also between requests
+/// on a kept-alive connection.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the HTTP API keeps between requests, shared by its listeners.
+#[derive(Default)]
+pub struct Shared {
+    metrics: metrics::HttpMetrics,
+    pods: cache::PodCache,
+}
+
+/// Serves HTTP on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, state: ApiState) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, state.clone(), permit));
+            }
+            Err(e) => tracing::warn!(error = %e, "accepting an HTTP connection failed"),
+        }
+    }
+}
+
+/// Serves the same API on a unix socket at `path` (replacing a stale one),
+/// which only root may open, until the task is dropped.
+pub async fn serve_unix(path: &Path, state: ApiState) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, state.clone(), permit));
+            }
+            Err(e) => tracing::warn!(error = %e, "accepting an HTTP connection failed"),
+        }
+    }
+}
+
+async fn connection(
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    state: ApiState,
+    permit: OwnedSemaphorePermit,
+) {
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(dispatch(&request, &state).await) }
+    });
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+    drop(permit);
+}
+
+/// Routes and answers one request, and records it in the metrics.
+async fn dispatch(request: &Request<Incoming>, state: &ApiState) -> Response<Body> {
+    let started = Instant::now();
+    let (label, response) = if request.method() != Method::GET && request.method() != Method::HEAD {
+        ("write", response::route_error(&RouteError::ReadOnly))
+    } else {
+        match route::route(request.uri().path(), request.uri().query()) {
+            Ok(route) => {
+                let wants_table = request
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(route::wants_table);
+                let label = route.label();
+                (label, handlers::handle(route, wants_table, state).await)
+            }
+            Err(e) => ("invalid", response::route_error(&e)),
+        }
+    };
+    state
+        .http
+        .metrics
+        .record(label, response.status().as_u16(), started.elapsed());
+    response
+}
