@@ -4,6 +4,7 @@
 //! Stopping the agent leaves the pods running, as stopping the kubelet does:
 //! the containers belong to containerd, not to the agent process.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,9 @@ use crate::images::reference;
 use crate::images::registry::RegistryClient;
 use crate::images::service::ImageService;
 use crate::logs::LogSettings;
+use crate::manifest::permissions;
 use crate::manifest::source::ManifestSource;
+use crate::notify;
 use crate::pod::node::{NodeRuntime, NodeSettings};
 use crate::pod::worker::WorkerContext;
 use crate::pod::workers::Workers;
@@ -33,39 +36,80 @@ use crate::runtime::network::{Network, NetworkSettings};
 use crate::status::events::{EventLog, EventType, ObjectRef, Recorder};
 use crate::status::store::StatusStore;
 
+/// The HTTP API's unix socket in the state directory, for local clients
+/// that should not depend on `http-listen`.
+const HTTP_SOCKET: &str = "podkeeper-http.sock";
+
 /// Longest wait between attempts to reach containerd at start-up.
 const MAX_CONNECT_DELAY: Duration = Duration::from_secs(2);
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT. Tells systemd it is ready once
+/// the manifests have been read (not merely once it started), so units
+/// ordered after podkeeper see the pods' set decided.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut stop = StopSignal::install()?;
-    tokio::select! {
+    let desired = tokio::select! {
         started = start(&settings) => started?,
         () = stop.recv() => {
             info!("stopped during start-up");
+            notify::stopping();
             return Ok(());
         }
+    };
+    tokio::select! {
+        () = first_sync(desired) => {
+            notify::ready();
+            stop.recv().await;
+        }
+        () = stop.recv() => {}
     }
-    stop.recv().await;
     info!("stopping; the pods keep running under containerd");
+    notify::stopping();
     Ok(())
 }
 
+/// Waits until the manifest source has published its first full read; never
+/// returns if the source is gone before that.
+async fn first_sync(mut desired: desired::DesiredReader) {
+    if desired.snapshot().synced {
+        return;
+    }
+    while let Some(state) = desired.changed().await {
+        if state.synced {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
 /// Starts every part of the agent in dependency order and returns once they
-/// run in the background.
-async fn start(settings: &Settings) -> anyhow::Result<()> {
+/// run in the background, with a reader of the desired set.
+async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
     info!(version = crate::VERSION, node = %settings.node_name, manifests = %settings.manifest_dir.display(), "podkeeper starting");
+    // First, before anything is created: whoever can write a manifest can
+    // run privileged containers.
+    permissions::check_dir(&settings.manifest_dir).context("refusing to start")?;
     create_dir(&settings.state_dir, 0o700)?;
     create_dir(&settings.pod_log_dir, 0o755)?;
 
-    let (recorder, event_log) = EventLog::start(settings.node_name.clone());
+    let (recorder, event_log) = EventLog::start(
+        settings.node_name.clone(),
+        &settings.state_dir,
+        settings.event_retention,
+    )?;
     let (runtime, sandbox_image) = connect(settings, &recorder).await?;
     let (runtime_events_tx, runtime_events_rx) = mpsc::channel(1024);
     let events_runtime = runtime.clone();
     let link_recorder = recorder.clone();
     let node = settings.node_name.clone();
+    // Connected by now; the event stream's link keeps it up to date.
+    let containerd_reachable = Arc::new(AtomicBool::new(true));
+    let reachable = containerd_reachable.clone();
     tokio::spawn(async move {
-        let on_link = move |link| record_link(&link_recorder, &node, link);
+        let on_link = move |link: Link| {
+            reachable.store(matches!(link, Link::Restored { .. }), Ordering::Relaxed);
+            record_link(&link_recorder, &node, link);
+        };
         events_runtime
             .forward_events(runtime_events_tx, on_link)
             .await
@@ -88,8 +132,17 @@ async fn start(settings: &Settings) -> anyhow::Result<()> {
         pod_log_dir: settings.pod_log_dir.clone(),
         images: images.clone(),
         sandbox_image: sandbox_image.name.clone(),
+        containerd_reachable,
+        http: Default::default(),
     };
     tokio::spawn(api::http::serve(http, api_state.clone()));
+    let http_socket = settings.state_dir.join(HTTP_SOCKET);
+    let http_state = api_state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = api::http::serve_unix(&http_socket, http_state).await {
+            warn!(socket = %http_socket.display(), error = %e, "the HTTP API's unix socket stopped");
+        }
+    });
     let socket = settings.api_socket();
     tokio::spawn(async move {
         if let Err(e) = api::grpc::serve(&socket, api_state).await {
@@ -142,9 +195,9 @@ async fn start(settings: &Settings) -> anyhow::Result<()> {
         pod_log_dir: settings.pod_log_dir.clone(),
         state_dir: settings.state_dir.clone(),
     });
-    tokio::spawn(Workers::new(context).run(desired_reader, runtime_events_rx));
+    tokio::spawn(Workers::new(context).run(desired_reader.clone(), runtime_events_rx));
     info!(http = %settings.http_listen, api = %settings.api_socket().display(), "podkeeper running");
-    Ok(())
+    Ok(desired_reader)
 }
 
 /// Connects to containerd and prepares the sandbox image, waiting with

@@ -24,6 +24,7 @@ use super::reference;
 use super::registry::{RegistryClient, RegistryError};
 use crate::runtime::containerd::content::Ingest;
 
+use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::{Containerd, RuntimeError};
 
 /// Layers of one image downloaded at once.
@@ -37,6 +38,11 @@ pub struct ImageService {
     /// Pulls in progress by image name; joiners wait on the receiver.
     pulls: Mutex<HashMap<String, watch::Receiver<PullOutcome>>>,
     changed: watch::Sender<u64>,
+    /// Resolved images by target digest. What a digest names never changes,
+    /// so starting another container of a known image costs one Images.Get
+    /// instead of reading its manifest and config and statting its snapshot
+    /// again.
+    resolved: Mutex<HashMap<String, ResolvedImage>>,
 }
 
 impl ImageService {
@@ -46,7 +52,37 @@ impl ImageService {
             registry,
             pulls: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
+            resolved: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Removes image `name` from containerd (its unused content and
+    /// snapshots go with it) and forgets its resolution.
+    pub async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
+        let target = self.runtime.image_target(name).await?;
+        self.runtime.delete_image(name).await?;
+        let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        resolved.remove(&target.digest);
+        Ok(())
+    }
+
+    /// `name` resolved, from the cache when its target is known.
+    async fn resolve(&self, name: &str) -> Result<ResolvedImage, RuntimeError> {
+        let target = self.runtime.image_target(name).await?;
+        let cached = {
+            let resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+            resolved.get(&target.digest).cloned()
+        };
+        if let Some(image) = cached {
+            return Ok(ResolvedImage {
+                name: name.into(),
+                ..image
+            });
+        }
+        let image = self.runtime.resolve_image(name).await?;
+        let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        resolved.insert(image.digest.clone(), image.clone());
+        Ok(image)
     }
 
     /// Bumped after every image that arrives; watch it to retry waiting pods.
@@ -74,7 +110,7 @@ impl ImageService {
         on_pull: OnPull,
     ) -> Result<Ensured, ImageError> {
         let name = Self::normalize(image)?;
-        let local = match self.runtime.resolve_image(&name).await {
+        let local = match self.resolve(&name).await {
             Ok(resolved) => Some(resolved),
             Err(e) if e.is_not_found() => None,
             Err(e) => {
@@ -94,7 +130,7 @@ impl ImageService {
                 let started = Instant::now();
                 match self.pull(&name).await {
                     Ok(()) => {
-                        let image = self.runtime.resolve_image(&name).await.map_err(|e| {
+                        let image = self.resolve(&name).await.map_err(|e| {
                             ImageError::Inspect(format!("Failed to inspect image {image:?}: {e}"))
                         })?;
                         Ok(Ensured {
