@@ -68,6 +68,9 @@ enum Command {
         /// Keep printing new output until the container exits
         #[arg(long, short = 'f')]
         follow: bool,
+        /// The previous run's output (after a restart)
+        #[arg(long, short = 'p')]
+        previous: bool,
     },
     /// The log writer containerd's shim runs next to each container (not for
     /// people: see `podkeeper::logs::logger_uri`, which builds its command line)
@@ -156,7 +159,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             container,
             tail,
             follow,
-        } => cli::logs(&client, &pod, container.as_deref(), tail, follow).await,
+            previous,
+        } => cli::logs(&client, &pod, container.as_deref(), tail, follow, previous).await,
         Command::Generate { what } => generate(what),
         Command::CriLogger { .. } => {
             anyhow::bail!(

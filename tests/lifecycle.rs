@@ -87,6 +87,17 @@ fn a_crashing_container_restarts_after_10_20_40_seconds() {
         events.contains("BackOff") && events.contains("Back-off restarting failed container app"),
         "{events}"
     );
+    let previous = agent.cli(&["logs", "crash", "--previous"]);
+    assert!(
+        String::from_utf8_lossy(&previous.stdout).contains("starting"),
+        "the previous run's log: {previous:?}"
+    );
+    let yaml = agent.cli(&["get", "pods", "crash", "-o", "yaml"]);
+    let yaml = String::from_utf8_lossy(&yaml.stdout);
+    assert!(
+        yaml.contains("kind: Pod") && yaml.contains("restartCount:"),
+        "{yaml}"
+    );
 }
 
 const MEMORY_HOG: &str = r#"apiVersion: v1

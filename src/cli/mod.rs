@@ -39,6 +39,7 @@ pub enum GetWhat {
 pub enum Output {
     Wide,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -105,19 +106,22 @@ pub async fn get(flags: &ClientFlags, what: &GetWhat) -> anyhow::Result<()> {
                 .pods
         }
     };
-    if let (Some(Output::Json), Some(pod)) = (output, name.as_ref().and(pods.first())) {
-        // One named pod prints as the object itself, as kubectl does.
-        let pod: serde_json::Value = serde_json::from_str(&pod.pod_json)?;
-        println!("{}", serde_json::to_string_pretty(&pod)?);
-        return Ok(());
-    }
-    if let Some(Output::Json) = output {
-        let items: Vec<serde_json::Value> = pods
+    let format = match output {
+        Some(Output::Json) => Some(EventsOutput::Json),
+        Some(Output::Yaml) => Some(EventsOutput::Yaml),
+        _ => None,
+    };
+    if let Some(format) = format {
+        let mut items: Vec<serde_json::Value> = pods
             .iter()
             .filter_map(|p| serde_json::from_str(&p.pod_json).ok())
             .collect();
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        // One named pod prints as the object itself, as kubectl does.
+        let value = match (&name, items.len()) {
+            (Some(_), 1) => items.remove(0),
+            _ => serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        };
+        print!("{}", format.render(&value)?);
         return Ok(());
     }
     let now = jiff::Timestamp::now();
@@ -341,6 +345,7 @@ pub async fn logs(
     container: Option<&str>,
     tail: Option<usize>,
     follow: bool,
+    previous: bool,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     use std::time::{Duration, Instant};
@@ -390,7 +395,25 @@ pub async fn logs(
             pod.name
         );
     }
-    let path = Path::new(&chosen.log_path);
+    let current = Path::new(&chosen.log_path);
+    // `<restart>.log`: the previous run's is the one numbered before it,
+    // kept until the next restart, as the kubelet keeps one dead container.
+    let previous_path = previous
+        .then(|| {
+            let restart: u32 = current.file_stem()?.to_str()?.parse().ok()?;
+            let before = restart.checked_sub(1)?;
+            Some(current.with_file_name(format!("{before}.log")))
+        })
+        .flatten();
+    if previous && previous_path.as_ref().is_none_or(|p| !p.exists()) {
+        anyhow::bail!(
+            "previous terminated container {:?} in pod {:?} not found",
+            chosen.name,
+            pod.name
+        );
+    }
+    let path = previous_path.as_deref().unwrap_or(current);
+    let follow = follow && !previous;
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let printed: anyhow::Result<()> = async {
         let mut reader = crate::logs::read::LogReader::open(path, tail, &mut out)

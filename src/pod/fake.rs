@@ -210,8 +210,9 @@ impl PodRuntime for FakeRuntime {
         Ok(pid)
     }
 
-    async fn stop_container(&self, id: &str, _signal: i32, _grace: Duration) {
+    async fn stop_container(&self, id: &str, _signal: i32, _grace: Duration) -> bool {
         self.state().calls.push(format!("stop {id}"));
+        false
     }
 
     async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {

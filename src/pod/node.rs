@@ -381,25 +381,26 @@ impl PodRuntime for NodeRuntime {
         self.containerd.start_task(&id).await
     }
 
-    async fn stop_container(&self, id: &str, signal: i32, grace: Duration) {
+    async fn stop_container(&self, id: &str, signal: i32, grace: Duration) -> bool {
         let runtime = &self.containerd;
         if let Err(e) = runtime.kill_task(id, signal as u32, false).await {
             if !e.is_not_found() {
                 warn!(container = id, signal, error = %e, "cannot send the stop signal");
             }
-            return;
+            return false;
         }
         if tokio::time::timeout(grace, runtime.wait_task(id))
             .await
             .is_ok()
         {
-            return;
+            return false;
         }
         if let Err(e) = runtime.kill_task(id, libc::SIGKILL as u32, true).await {
             if !e.is_not_found() {
                 warn!(container = id, error = %e, "cannot send SIGKILL");
             }
         }
+        true
     }
 
     async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {

@@ -117,13 +117,13 @@ pub trait PodRuntime: Send + Sync + 'static {
 
     /// `signal` (SIGTERM or the image's StopSignal), then SIGKILL to all
     /// its processes once `grace` has passed; returns when the task has
-    /// exited or is gone.
+    /// exited or is gone, and whether SIGKILL was needed.
     fn stop_container(
         &self,
         id: &str,
         signal: i32,
         grace: Duration,
-    ) -> impl Future<Output = ()> + Send;
+    ) -> impl Future<Output = bool> + Send;
 
     /// Deletes an exited task, keeping the container record.
     fn delete_task(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;

@@ -65,9 +65,17 @@ impl<R: PodRuntime> Worker<R> {
             }
         }
         let left = grace.saturating_sub(started.elapsed());
-        self.ctx
+        let killed = self
+            .ctx
             .runtime
             .stop_container(id, record.stop_signal, left.max(MINIMUM_GRACE))
             .await;
+        if killed {
+            self.record_pod_event(
+                EventType::Warning,
+                "ExceededGracePeriod",
+                "Container runtime did not kill the pod within specified grace period.",
+            );
+        }
     }
 }

@@ -641,3 +641,31 @@ async fn a_failed_post_start_hook_kills_the_container() {
         "{events:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn event_messages_are_the_kubelets_byte_for_byte() {
+    let mut h = start_pod(CRASHING, &["x:1"]);
+    wait_run(&h, "app", 0).await;
+    h.exit("app", 0, 1);
+    wait_run(&h, "app", 1).await;
+    h.exit("app", 1, 1);
+    settle().await;
+    let _ = h.stop.take().unwrap().send(());
+    (&mut h.task).await.unwrap();
+    let pod = format!("web-n_default({})", h.uid);
+    let mut messages = Vec::new();
+    while let Ok(o) = h.events.try_recv() {
+        messages.push((o.reason, o.message));
+    }
+    for (reason, message) in [
+        ("Pulled", "Successfully pulled image \"x:1\" in 1.000ms (1.000ms including waiting). Image size: 1 bytes.".to_string()),
+        ("Created", "Created container: app".into()),
+        ("Started", "Started container app".into()),
+        ("BackOff", format!("Back-off restarting failed container app in pod {pod}")),
+    ] {
+        assert!(
+            messages.contains(&(reason.to_string(), message.clone())),
+            "{reason}: {message:?} not in {messages:?}"
+        );
+    }
+}
