@@ -287,6 +287,17 @@ fn kubectl_gets_describes_and_reads_logs() {
     assert_eq!(code, 200, "{json}");
     let (code, ready) = agent.get("/readyz").expect("readyz");
     assert_eq!(code, 200, "{ready}");
+    let (code, metrics) = agent.get("/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    for series in [
+        "podkeeper_pods{phase=\"Running\"}",
+        "podkeeper_containerd_call_duration_seconds_count{method=\"/containerd.services.tasks.v1.Tasks/Create\"}",
+        "podkeeper_pod_sync_duration_seconds_count{action=\"sandbox\"}",
+        "podkeeper_pod_sync_duration_seconds_count{action=\"start\"}",
+        "podkeeper_events_total{",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
     let socket = agent.state.join("podkeeper-http.sock");
     let mode = std::fs::metadata(&socket)
         .expect("the HTTP socket")

@@ -24,6 +24,7 @@ use super::reference;
 use super::registry::{RegistryClient, RegistryError};
 use crate::runtime::containerd::content::Ingest;
 
+use crate::metrics::IMAGE_PULLS;
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::{Containerd, RuntimeError};
 
@@ -128,7 +129,10 @@ impl ImageService {
             (PullPolicy::Always | PullPolicy::IfNotPresent, local) => {
                 on_pull();
                 let started = Instant::now();
-                match self.pull(&name).await {
+                let pulled = self.pull(&name).await;
+                let outcome = if pulled.is_ok() { "pulled" } else { "failed" };
+                IMAGE_PULLS.record(outcome, started.elapsed());
+                match pulled {
                     Ok(()) => {
                         let image = self.resolve(&name).await.map_err(|e| {
                             ImageError::Inspect(format!("Failed to inspect image {image:?}: {e}"))

@@ -9,96 +9,52 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::api::ApiState;
+use crate::metrics::{escape, Histograms, CONTAINERD_CALLS, IMAGE_PULLS, POD_SYNCS};
 
-/// Upper bounds (seconds) of the request latency histogram's buckets.
-const BUCKETS: [f64; 10] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
-];
-
-#[derive(Default)]
-struct RouteStats {
-    by_code: BTreeMap<u16, u64>,
-    /// Requests at or under each bound of [`BUCKETS`] (cumulative when
-    /// printed).
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-/// Request counts and latencies by route; shared by every listener.
+/// Request counts by route and code, and latencies by route; shared by
+/// every listener.
 #[derive(Default)]
 pub struct HttpMetrics {
-    routes: Mutex<BTreeMap<&'static str, RouteStats>>,
+    codes: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    latency: Histograms,
 }
 
 impl HttpMetrics {
     /// Records one answered request: `elapsed` runs until the response
     /// head is ready (a watch or a followed log streams on afterwards).
     pub fn record(&self, route: &'static str, code: u16, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = routes.entry(route).or_default();
-        *stats.by_code.entry(code).or_default() += 1;
-        if let Some(i) = BUCKETS.iter().position(|&b| seconds <= b) {
-            stats.buckets[i] += 1;
-        }
-        stats.count += 1;
-        stats.sum += seconds;
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        *codes.entry((route, code)).or_default() += 1;
+        drop(codes);
+        self.latency.record(route, elapsed);
     }
 
     fn render(&self, out: &mut String) {
-        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         header(
             out,
             "podkeeper_http_requests_total",
             "counter",
             "HTTP API requests by route and status code.",
         );
-        for (route, stats) in routes.iter() {
-            for (code, n) in &stats.by_code {
-                let _ = writeln!(
-                    out,
-                    "podkeeper_http_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
-                );
-            }
-        }
-        let name = "podkeeper_http_request_duration_seconds";
-        header(
-            out,
-            name,
-            "histogram",
-            "Time to answer an HTTP API request (to the response head).",
-        );
-        for (route, stats) in routes.iter() {
-            let mut cumulative = 0;
-            for (bound, n) in BUCKETS.iter().zip(stats.buckets) {
-                cumulative += n;
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
+        let codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        for ((route, code), n) in codes.iter() {
             let _ = writeln!(
                 out,
-                "{name}_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                stats.count
+                "podkeeper_http_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
             );
-            let _ = writeln!(out, "{name}_sum{{route=\"{route}\"}} {}", stats.sum);
-            let _ = writeln!(out, "{name}_count{{route=\"{route}\"}} {}", stats.count);
         }
+        drop(codes);
+        self.latency.render(
+            out,
+            "podkeeper_http_request_duration_seconds",
+            "Time to answer an HTTP API request (to the response head).",
+            "route",
+        );
     }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Escapes a label value for the text format.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The whole `/metrics` page.
@@ -131,16 +87,16 @@ pub fn render(state: &ApiState) -> String {
             let _ = writeln!(
                 out,
                 "podkeeper_container_restarts_total{{namespace=\"{}\",pod=\"{}\",container=\"{}\"}} {}",
-                label(desired.namespace()),
-                label(desired.name()),
-                label(&container.name),
+                escape(desired.namespace()),
+                escape(desired.name()),
+                escape(&container.name),
                 container.restart_count
             );
         }
     }
     header(&mut out, "podkeeper_pods", "gauge", "Pods by phase.");
     for (phase, n) in &phases {
-        let _ = writeln!(out, "podkeeper_pods{{phase=\"{}\"}} {n}", label(phase));
+        let _ = writeln!(out, "podkeeper_pods{{phase=\"{}\"}} {n}", escape(phase));
     }
     let mut events: BTreeMap<(String, String), i64> = BTreeMap::new();
     for event in state.events.list() {
@@ -160,8 +116,8 @@ pub fn render(state: &ApiState) -> String {
         let _ = writeln!(
             out,
             "podkeeper_events_total{{reason=\"{}\",type=\"{}\"}} {n}",
-            label(reason),
-            label(kind)
+            escape(reason),
+            escape(kind)
         );
     }
     header(
@@ -192,6 +148,24 @@ pub fn render(state: &ApiState) -> String {
         let _ = writeln!(out, "{name} {}", u8::from(value));
     }
     state.http.metrics.render(&mut out);
+    CONTAINERD_CALLS.render(
+        &mut out,
+        "podkeeper_containerd_call_duration_seconds",
+        "containerd gRPC calls by method (to the response head for streams).",
+        "method",
+    );
+    POD_SYNCS.render(
+        &mut out,
+        "podkeeper_pod_sync_duration_seconds",
+        "Pod worker actions: creating a sandbox, starting containers.",
+        "action",
+    );
+    IMAGE_PULLS.render(
+        &mut out,
+        "podkeeper_image_pull_duration_seconds",
+        "Image pulls from registries, by outcome.",
+        "outcome",
+    );
     out
 }
 

@@ -30,6 +30,7 @@ use super::probe::{ContainerProbes, ProbeUpdate};
 use super::runtime::{PodRuntime, SandboxEnvironment, SandboxFailure};
 use super::state::{ContainerRecord, PodRecord, RunState};
 use crate::desired::DesiredPod;
+use crate::metrics::POD_SYNCS;
 use crate::runtime::containerd::events::RuntimeEvent;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
 use crate::runtime::spec::SandboxInputs;
@@ -152,7 +153,9 @@ impl<R: PodRuntime> Worker<R> {
             let now = Instant::now();
             let plan = plan(&self.record, now);
             if plan.create_sandbox {
+                let started = Instant::now();
                 self.create_sandbox().await;
+                POD_SYNCS.record("sandbox", started.elapsed());
                 self.publish();
                 continue;
             }
@@ -163,7 +166,9 @@ impl<R: PodRuntime> Worker<R> {
                 self.show_crash_backoff(name).await;
             }
             if !plan.start.is_empty() {
+                let started = Instant::now();
                 self.start_containers(&plan.start).await;
+                POD_SYNCS.record("start", started.elapsed());
             }
             if !plan.show_pull_backoff.is_empty()
                 || !plan.show_crash_backoff.is_empty()

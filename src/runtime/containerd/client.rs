@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use tonic::transport::Channel;
+
+use crate::metrics::CONTAINERD_CALLS;
 use tonic::{Code, Request, Status};
 
 /// Header selecting the containerd namespace of a request.
@@ -67,8 +69,45 @@ pub(crate) fn rpc(
 /// A handle on containerd for one namespace. Cloning shares the channel.
 #[derive(Clone)]
 pub struct Containerd {
-    pub(crate) channel: Channel,
+    pub(crate) channel: MeteredChannel,
     namespace: String,
+}
+
+/// The one channel to containerd, timing every call by gRPC method into
+/// [`CONTAINERD_CALLS`] for `/metrics`.
+#[derive(Clone)]
+pub(crate) struct MeteredChannel {
+    inner: Channel,
+}
+
+type GrpcRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type ChannelResponse = <Channel as tower::Service<GrpcRequest>>::Response;
+type ChannelError = <Channel as tower::Service<GrpcRequest>>::Error;
+
+impl tower::Service<GrpcRequest> for MeteredChannel {
+    type Response = ChannelResponse;
+    type Error = ChannelError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ChannelResponse, ChannelError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: GrpcRequest) -> Self::Future {
+        let method = request.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await;
+            CONTAINERD_CALLS.record(&method, started.elapsed());
+            response
+        })
+    }
 }
 
 impl Containerd {
@@ -85,7 +124,7 @@ impl Containerd {
                 source,
             })?;
         Ok(Containerd {
-            channel,
+            channel: MeteredChannel { inner: channel },
             namespace: namespace.into(),
         })
     }
