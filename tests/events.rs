@@ -13,20 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::agent::{start_with_busybox, Agent, NODE};
+use common::agent::{start_with_busybox, Agent, CRASHING_POD, NODE};
 use common::containerd::e2e_enabled;
 use serde_json::Value;
-
-const CRASHING: &str = r#"apiVersion: v1
-kind: Pod
-metadata: {name: crash}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: podkeeper.local/busybox:latest
-    command: [sh, -c, 'exit 1']
-"#;
 
 /// `podkeeper events [POD] -o json`: the Events of the List it prints.
 fn events(agent: &Agent, pod: Option<&str>) -> Vec<Value> {
@@ -78,7 +67,7 @@ fn a_crash_loop_is_counted_on_few_events_that_survive_a_sigkill_of_the_agent() {
         return;
     }
     let (_containerd, mut agent) = start_with_busybox("e2e-events-crash");
-    agent.write_manifest("crash.yaml", CRASHING);
+    agent.write_manifest("crash.yaml", CRASHING_POD);
     let name = format!("crash-{NODE}");
     std::thread::sleep(Duration::from_secs(60));
 
@@ -142,7 +131,7 @@ fn a_crash_loop_is_counted_on_few_events_that_survive_a_sigkill_of_the_agent() {
     // the same events.
     let started = with_reason(&before_list, "Started")[0];
     let started_name = started["metadata"]["name"].as_str().unwrap();
-    agent.write_manifest("crash.yaml", CRASHING);
+    agent.write_manifest("crash.yaml", CRASHING_POD);
     let deadline = Instant::now() + Duration::from_secs(30);
     let grown = loop {
         let now = events(&agent, Some("crash"));

@@ -10,7 +10,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::agent::{running_containers, start_with_busybox, waiting_reason, BUSYBOX, NODE};
+use common::agent::{
+    running_containers, start_with_busybox, waiting_reason, BUSYBOX, CRASHING_POD, NODE,
+};
 use common::containerd::e2e_enabled;
 use common::tasks::{container_ids, tasks};
 use serde_json::Value;
@@ -28,24 +30,13 @@ fn restart_count(pod: &Value, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-const CRASHING: &str = r#"apiVersion: v1
-kind: Pod
-metadata: {name: crash}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: podkeeper.local/busybox:latest
-    command: [sh, -c, 'echo starting; exit 1']
-"#;
-
 #[test]
 fn a_crashing_container_restarts_after_10_20_40_seconds() {
     if !e2e_enabled("a_crashing_container_restarts_after_10_20_40_seconds") {
         return;
     }
     let (_containerd, agent) = start_with_busybox("e2e-crash");
-    agent.write_manifest("crash.yaml", CRASHING);
+    agent.write_manifest("crash.yaml", CRASHING_POD);
     let name = format!("crash-{NODE}");
     // When each restart count was first seen.
     let mut seen: BTreeMap<u64, Instant> = BTreeMap::new();

@@ -142,6 +142,26 @@ struct LocalParts {
     volumes: PreparedVolumes,
 }
 
+impl LocalParts {
+    fn environment(
+        self,
+        facts: PodFacts,
+        netns: Option<PathBuf>,
+        min_oom_score_adj: i32,
+    ) -> SandboxEnvironment {
+        SandboxEnvironment {
+            facts,
+            files: Some(self.files),
+            netns,
+            cgroup_parent: self.cgroup.path,
+            qos: self.qos,
+            volumes: self.volumes,
+            warnings: Vec::new(),
+            min_oom_score_adj,
+        }
+    }
+}
+
 /// The lowest `oom_score_adj` containers may get. Lowering it needs
 /// `CAP_SYS_RESOURCE`, which some hosts (user namespaces, sandboxed VMs)
 /// withhold, and runc then fails the whole container; there, containers
@@ -192,12 +212,7 @@ impl PodRuntime for NodeRuntime {
     ) -> Result<SandboxEnvironment, SandboxFailure> {
         let spec = pod.pod.spec.clone().unwrap_or_default();
         let sandbox_failed = |m: String| failure("FailedCreatePodSandBox", m);
-        let LocalParts {
-            qos,
-            cgroup,
-            files,
-            volumes: prepared,
-        } = self.local_parts(pod, &spec)?;
+        let parts = self.local_parts(pod, &spec)?;
         let mut facts = self.facts();
         let mut netns_path = None;
         if spec.host_network.unwrap_or(false) {
@@ -212,16 +227,7 @@ impl PodRuntime for NodeRuntime {
             .map_err(|e| sandbox_failed(format!("creating the network namespace: {e}")))?;
             netns_path = Some(path);
         }
-        Ok(SandboxEnvironment {
-            facts,
-            files: Some(files),
-            netns: netns_path,
-            cgroup_parent: cgroup.path,
-            qos,
-            volumes: prepared,
-            warnings: Vec::new(),
-            min_oom_score_adj: self.min_oom_score_adj,
-        })
+        Ok(parts.environment(facts, netns_path, self.min_oom_score_adj))
     }
 
     async fn connect_sandbox(
@@ -278,12 +284,7 @@ impl PodRuntime for NodeRuntime {
         let spec = pod.pod.spec.clone().unwrap_or_default();
         let sandbox_failed = |m: String| failure("FailedCreatePodSandBox", m);
         // Idempotent: the cgroup, directories and tmpfs mounts are kept.
-        let LocalParts {
-            qos,
-            cgroup,
-            files,
-            volumes: prepared,
-        } = self.local_parts(pod, &spec)?;
+        let parts = self.local_parts(pod, &spec)?;
         let mut facts = self.facts();
         let mut netns_path = None;
         if spec.host_network.unwrap_or(false) {
@@ -305,16 +306,7 @@ impl PodRuntime for NodeRuntime {
                 .map_err(sandbox_failed)?;
             netns_path = Some(path);
         }
-        Ok(SandboxEnvironment {
-            facts,
-            files: Some(files),
-            netns: netns_path,
-            cgroup_parent: cgroup.path,
-            qos,
-            volumes: prepared,
-            warnings: Vec::new(),
-            min_oom_score_adj: self.min_oom_score_adj,
-        })
+        Ok(parts.environment(facts, netns_path, self.min_oom_score_adj))
     }
 
     async fn release_sandbox(&self, pod: &DesiredPod) {

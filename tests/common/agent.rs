@@ -17,6 +17,18 @@ pub const NODE: &str = "node1";
 /// The busybox image the tests import (see `examples/build-busybox-image.sh`).
 pub const BUSYBOX: &str = "podkeeper.local/busybox:latest";
 
+/// A pod whose one container prints a line and exits 1, over and over.
+pub const CRASHING_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: podkeeper.local/busybox:latest
+    command: [sh, -c, 'echo starting; exit 1']
+"#;
+
 /// A private containerd with busybox imported into `namespace`, and an
 /// agent on it.
 pub fn start_with_busybox(namespace: &str) -> (PrivateContainerd, Agent) {
