@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod node;
 pub mod plan;
+pub mod pod_status;
 pub mod probe;
 pub mod runtime;
 pub mod state;

@@ -1,13 +1,9 @@
-//! The observed state of a pod's containers and the Kubernetes status
-//! derived from it. Pure: no I/O, unit-tested against the kubelet's rules.
+//! The observed state of a pod's containers and its transitions. Pure: no
+//! I/O, unit-tested against the kubelet's rules; the Kubernetes status
+//! derived from it is in [`super::pod_status`].
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, PodCondition, PodStatus,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::time::Instant;
 
 use super::plan::{CrashBackoff, Retry};
@@ -401,99 +397,6 @@ impl PodRecord {
                 .any(|c| !c.sidecar && c.failed())
     }
 
-    /// The `v1.PodStatus` the API shows.
-    pub fn to_status(&self) -> PodStatus {
-        let statuses: Vec<ContainerStatus> = self.containers.iter().map(container_status).collect();
-        // Sidecars count for readiness, as in the kubelet's generate.go.
-        let unready: Vec<&str> = self
-            .init_containers
-            .iter()
-            .filter(|c| c.sidecar)
-            .chain(&self.containers)
-            .filter(|c| !c.is_ready())
-            .map(|c| c.name.as_str())
-            .collect();
-        let ready = unready.is_empty();
-        let phase = self.phase();
-        let condition =
-            |type_: &str, ok: bool, reason: Option<&str>, message: Option<String>| PodCondition {
-                type_: type_.into(),
-                status: if ok { "True" } else { "False" }.into(),
-                reason: (!ok).then(|| reason.map(String::from)).flatten(),
-                message: (!ok).then_some(message).flatten(),
-                last_transition_time: self.start_time.map(Time),
-                ..Default::default()
-            };
-        // A pod that completed is not ready, for that reason.
-        let (not_ready_reason, not_ready_message) = if phase == "Succeeded" {
-            ("PodCompleted", None)
-        } else {
-            (
-                "ContainersNotReady",
-                Some(format!(
-                    "containers with unready status: [{}]",
-                    unready.join(" ")
-                )),
-            )
-        };
-        let incomplete: Vec<&str> = self
-            .init_containers
-            .iter()
-            .filter(|c| !c.initialized())
-            .map(|c| c.name.as_str())
-            .collect();
-        let init_message = format!(
-            "containers with incomplete status: [{}]",
-            incomplete.join(" ")
-        );
-        PodStatus {
-            phase: Some(phase.into()),
-            host_ip: self.host_ip.clone(),
-            host_ips: self
-                .host_ip
-                .clone()
-                .map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip }]),
-            pod_ip: self.pod_ip.clone(),
-            pod_ips: self
-                .pod_ip
-                .clone()
-                .map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip }]),
-            qos_class: self.qos.map(String::from),
-            start_time: self.start_time.map(Time),
-            conditions: Some(vec![
-                condition(
-                    "PodReadyToStartContainers",
-                    self.sandbox_pid.is_some(),
-                    None,
-                    None,
-                ),
-                condition(
-                    "Initialized",
-                    incomplete.is_empty(),
-                    Some("ContainersNotInitialized"),
-                    Some(init_message),
-                ),
-                condition(
-                    "Ready",
-                    ready,
-                    Some(not_ready_reason),
-                    not_ready_message.clone(),
-                ),
-                condition(
-                    "ContainersReady",
-                    ready,
-                    Some(not_ready_reason),
-                    not_ready_message,
-                ),
-                condition("PodScheduled", true, None, None),
-            ]),
-            container_statuses: Some(statuses),
-            init_container_statuses: (!self.init_containers.is_empty())
-                .then(|| self.init_containers.iter().map(container_status).collect()),
-            ..Default::default()
-        }
-    }
-
     /// The sandbox is gone, and with it every container: running ones
     /// count as killed, and init containers run again in the new sandbox,
     /// as the kubelet does after `SandboxChanged`.
@@ -549,69 +452,6 @@ impl PodRecord {
     }
 }
 
-fn container_status(c: &ContainerRecord) -> ContainerStatus {
-    ContainerStatus {
-        name: c.name.clone(),
-        image: c.image.clone(),
-        image_id: c.image_id.clone(),
-        container_id: c.container_id.as_deref().map(cri_id),
-        ready: c.is_ready(),
-        started: Some(c.is_started()),
-        restart_count: c.restart_count,
-        state: Some(api_state(&c.state, c.container_id.as_deref())),
-        last_state: c
-            .last_state
-            .as_ref()
-            .map(|last| api_state(last, c.last_container_id.as_deref())),
-        ..Default::default()
-    }
-}
-
-/// `containerd://<id>`, as the kubelet names containers in status.
-fn cri_id(id: &str) -> String {
-    format!("containerd://{id}")
-}
-
-fn api_state(state: &RunState, container_id: Option<&str>) -> ContainerState {
-    let time = |t: &Option<jiff::Timestamp>| t.map(Time);
-    match state {
-        RunState::Waiting { reason, message } => ContainerState {
-            waiting: Some(ContainerStateWaiting {
-                reason: Some(reason.clone()),
-                message: (!message.is_empty()).then(|| message.clone()),
-            }),
-            ..Default::default()
-        },
-        RunState::Running { started_at } => ContainerState {
-            running: Some(ContainerStateRunning {
-                started_at: Some(Time(*started_at)),
-            }),
-            ..Default::default()
-        },
-        RunState::Terminated {
-            exit_code,
-            reason,
-            message,
-            started_at,
-            finished_at,
-        } => ContainerState {
-            terminated: Some(ContainerStateTerminated {
-                exit_code: *exit_code,
-                // The runc shim reports a death by signal N as 128 + N.
-                signal: (129..=128 + 64)
-                    .contains(exit_code)
-                    .then_some(exit_code - 128),
-                reason: Some(reason.clone()),
-                message: (!message.is_empty()).then(|| message.clone()),
-                started_at: time(started_at),
-                finished_at: time(finished_at),
-                container_id: container_id.map(cri_id),
-            }),
-            ..Default::default()
-        },
-    }
-}
-
 /// A whole-second duration the way Go prints it (`40s`, `1m20s`, `5m0s`),
 /// as the kubelet's back-off messages show it.
 pub fn go_duration(d: std::time::Duration) -> String {
@@ -624,10 +464,11 @@ pub fn go_duration(d: std::time::Duration) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn record(policy: &str, states: Vec<RunState>) -> PodRecord {
+    /// A pod whose containers `c0`, `c1`, … are in `states`, with IDs.
+    pub(crate) fn record(policy: &str, states: Vec<RunState>) -> PodRecord {
         let containers = states
             .into_iter()
             .enumerate()
@@ -642,7 +483,7 @@ mod tests {
         }
     }
 
-    fn running() -> RunState {
+    pub(crate) fn running() -> RunState {
         RunState::Running {
             started_at: jiff::Timestamp::UNIX_EPOCH,
         }
@@ -685,46 +526,6 @@ mod tests {
         assert_eq!(reason(RunState::exited(0, false, None, None)), "Completed");
         assert_eq!(reason(RunState::exited(1, false, None, None)), "Error");
         assert_eq!(reason(RunState::exited(137, true, None, None)), "OOMKilled");
-    }
-
-    #[test]
-    fn status_reports_states_and_readiness() {
-        let status = record("Always", vec![running(), RunState::creating()]).to_status();
-        assert_eq!(status.phase.as_deref(), Some("Pending"));
-        let containers = status.container_statuses.unwrap();
-        assert!(containers[0].ready);
-        assert!(containers[0].state.as_ref().unwrap().running.is_some());
-        assert_eq!(
-            containers[0].container_id.as_deref(),
-            Some("containerd://id0")
-        );
-        assert!(!containers[1].ready);
-        let waiting = containers[1]
-            .state
-            .as_ref()
-            .unwrap()
-            .waiting
-            .as_ref()
-            .unwrap();
-        assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
-        let conditions = status.conditions.unwrap();
-        let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-        assert_eq!(ready.status, "False");
-        assert_eq!(
-            ready.message.as_deref(),
-            Some("containers with unready status: [c1]")
-        );
-        let types: Vec<_> = conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(
-            types,
-            [
-                "PodReadyToStartContainers",
-                "Initialized",
-                "Ready",
-                "ContainersReady",
-                "PodScheduled"
-            ]
-        );
     }
 
     #[test]
