@@ -117,12 +117,8 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        // Bursts of file work (110 pods starting) otherwise grow the pool
-        // to hundreds of threads, each with its own malloc arena.
-        .max_blocking_threads(16)
         .enable_all()
         .build()
     {
@@ -138,19 +134,6 @@ fn main() -> std::process::ExitCode {
             eprintln!("podkeeper: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// glibc gives every thread that allocates its own arena (up to 8 per
-/// core), and memory freed in one is not reused by another: for a
-/// long-running agent whose work moves between threads that is several MiB
-/// of RSS for nothing. Two arenas keep contention low on its few threads.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
