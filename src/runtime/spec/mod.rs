@@ -7,7 +7,7 @@
 //! modules compute (volume mounts, cgroup limits, the CNI network namespace)
 //! comes in through [`ContainerInputs`] and [`SandboxInputs`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
@@ -36,6 +36,14 @@ pub enum SpecError {
     #[error("building the OCI spec: {0}")]
     Oci(String),
 }
+
+/// Spec annotation read by containerd's runc v2 shim when it starts: tasks
+/// with the same value share one shim process. The pod's sandbox and its
+/// containers are one group, as containerd's CRI plugin groups them (with
+/// its sandbox-id annotation), so a container start does not fork and
+/// connect to a new shim, and a node keeps one shim per pod, not one per
+/// container.
+pub const SHIM_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
 
 /// The capabilities containerd gives a container by default, which is what
 /// a pod without a securityContext gets on Kubernetes.
@@ -177,6 +185,7 @@ pub fn sandbox_spec(
     process.set_oom_score_adj(inputs.oom_score_adj);
     let hostname = (!spec.host_network.unwrap_or(false)).then(|| pod_hostname(pod));
     let mut oci = finish(
+        pod,
         process,
         namespaces,
         hostname,
@@ -261,6 +270,7 @@ pub fn container_spec(
         .and_then(|s| s.read_only_root_filesystem)
         .unwrap_or(false);
     let mut oci = finish(
+        pod,
         process,
         namespaces,
         None,
@@ -508,8 +518,10 @@ fn new_ns(typ: LinuxNamespaceType) -> LinuxNamespace {
 }
 
 /// Fills in what every podkeeper container shares: runc-like default mounts
-/// and masked paths, deny-all devices, its cgroup and limits.
+/// and masked paths, deny-all devices, its cgroup and limits, and its pod's
+/// shim group.
 fn finish(
+    pod: &DesiredPod,
     process: Process,
     namespaces: Vec<LinuxNamespace>,
     hostname: Option<String>,
@@ -523,7 +535,11 @@ fn finish(
         .set_readonly(Some(read_only_root));
     spec.set_root(Some(root))
         .set_process(Some(process))
-        .set_hostname(hostname);
+        .set_hostname(hostname)
+        .set_annotations(Some(HashMap::from([(
+            SHIM_GROUP_ANNOTATION.to_string(),
+            super::labels::sandbox_id(pod.uid()),
+        )])));
     let linux = spec
         .linux_mut()
         .as_mut()

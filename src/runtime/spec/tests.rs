@@ -138,6 +138,26 @@ fn sandbox_owns_new_namespaces_and_the_pod_hostname() {
 }
 
 #[test]
+fn sandbox_and_containers_share_one_shim_per_pod() {
+    let p = pod("", "");
+    let pause = ImageConfig {
+        entrypoint: vec!["/pause".into()],
+        ..Default::default()
+    };
+    let group = |spec: &Spec| {
+        spec.annotations()
+            .as_ref()
+            .and_then(|a| a.get(SHIM_GROUP_ANNOTATION).cloned())
+    };
+    let sandbox_group = group(&sandbox_spec(&p, &pause, &SandboxInputs::default()).unwrap());
+    let sandbox_id = crate::runtime::labels::sandbox_id(p.uid());
+    assert_eq!(sandbox_group.as_deref(), Some(sandbox_id.as_str()));
+    assert_eq!(group(&build(&p, &image())), sandbox_group);
+    let other = pod("", "    command: [sh]\n");
+    assert_ne!(group(&build(&other, &image())), sandbox_group);
+}
+
+#[test]
 fn sandbox_without_a_command_is_refused() {
     assert!(sandbox_spec(
         &pod("", ""),
