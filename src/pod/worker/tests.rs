@@ -669,3 +669,14 @@ async fn event_messages_are_the_kubelets_byte_for_byte() {
         );
     }
 }
+
+/// The size of what `f` returns, here the future a pod worker's task holds.
+fn size_of_output<A, F>(_f: fn(A) -> F) -> usize {
+    std::mem::size_of::<F>()
+}
+
+#[test]
+fn a_pod_worker_task_holds_only_what_waiting_needs() {
+    let size = size_of_output(Worker::<FakeRuntime>::run);
+    assert!(size <= 4096, "a pod worker's future is {size} bytes");
+}
