@@ -196,6 +196,7 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
         state_dir: settings.state_dir.clone(),
     });
     tokio::spawn(Workers::new(context).run(desired_reader.clone(), runtime_events_rx));
+    tokio::spawn(crate::memory::trim_periodically());
     info!(http = %settings.http_listen, api = %settings.api_socket().display(), "podkeeper running");
     Ok(desired_reader)
 }

@@ -14,6 +14,7 @@ pub mod desired;
 pub mod images;
 pub mod logs;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod pod;
