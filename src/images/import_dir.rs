@@ -73,7 +73,9 @@ impl ImportDir {
 
     /// Imports what is there now, then whatever appears, until dropped.
     pub async fn run(mut self) {
-        let mut watch = DirWatch::new(self.dir.clone(), self.resync);
+        let mut watch = DirWatch::new(self.dir.clone(), self.resync, |path| {
+            archive_name(path).is_some()
+        });
         let mut deadline = None;
         loop {
             watch.next(deadline).await;

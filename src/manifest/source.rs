@@ -72,7 +72,7 @@ impl ManifestSource {
     /// Reads the directory now and then whenever it changes, until the task
     /// is dropped.
     pub async fn run(mut self) {
-        let mut watch = DirWatch::new(self.dir.clone(), self.resync);
+        let mut watch = DirWatch::new(self.dir.clone(), self.resync, may_be_manifest);
         loop {
             watch.next(None).await;
             self.sync();
@@ -262,10 +262,27 @@ pub(super) fn classify(path: &Path) -> Entry {
     if !meta.is_file() {
         return Entry::Ignored("a file that is not a regular file");
     }
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("yaml" | "yml" | "json") => Entry::Manifest,
-        _ => Entry::Ignored("a file not ending in .yaml, .yml or .json"),
+    if has_manifest_extension(path) {
+        Entry::Manifest
+    } else {
+        Entry::Ignored("a file not ending in .yaml, .yml or .json")
     }
+}
+
+fn has_manifest_extension(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// Whether `path` may be a manifest by its name alone (it may be gone):
+/// what the directory watch waits to see written whole.
+fn may_be_manifest(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .is_none_or(|n| n.to_string_lossy().starts_with('.'));
+    !hidden && has_manifest_extension(path)
 }
 
 /// Reads at most the kubelet's manifest size limit; a larger file is an
