@@ -5,8 +5,9 @@
 //! Run as root: `cargo bench --bench node` (see README, "Benchmarks").
 //! Options after `--`: `--pods N` (default 110), `--containers N` per pod
 //! (default 2), `--runs N` for the one-pod figures (default 10),
-//! `--no-podman`, `--keep-running` (leave the node's pods up at the end and
-//! wait for Ctrl-C, to profile). Prints tables; asserts nothing about time.
+//! `--no-podman`, `--keep-running` (after adoption, leave the node's pods up
+//! until Ctrl-C, to profile; then finish as usual). Prints tables; asserts
+//! nothing about time.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -112,18 +113,46 @@ fn wait(
     bail!("timed out after {timeout:?} waiting for {what}")
 }
 
-/// VmRSS and VmHWM of a process, in KiB.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+/// A process's resident memory from /proc, in KiB.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    rss: u64,
+    high_water: u64,
+    /// Heap, stacks and other anonymous pages.
+    anon: u64,
+    /// Mapped files: mostly the agent's own code.
+    file: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Memory {
+            rss: field("VmRSS:"),
+            high_water: field("VmHWM:"),
+            anon: field("RssAnon:"),
+            file: field("RssFile:"),
+        }
+    }
+
+    /// RSS with its anonymous / file-backed split, in MiB.
+    fn describe(&self) -> String {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        format!(
+            "{:.1} MiB (anon {:.1}, file {:.1})",
+            mib(self.rss),
+            mib(self.anon),
+            mib(self.file)
+        )
+    }
 }
 
 /// User + system CPU time of a process.
@@ -141,13 +170,13 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 1000 / hz)
 }
 
-/// RSS now and CPU share of one core over `period`.
-fn footprint(pid: u32, period: Duration) -> (u64, f64) {
+/// Memory at the end of `period` and CPU share of one core over it.
+fn footprint(pid: u32, period: Duration) -> (Memory, f64) {
     let before = cpu_time(pid);
     std::thread::sleep(period);
     let used = cpu_time(pid).saturating_sub(before);
     (
-        memory(pid).0,
+        Memory::of(pid),
         used.as_secs_f64() / period.as_secs_f64() * 100.0,
     )
 }
@@ -193,20 +222,29 @@ impl RawFloor {
         })
     }
 
-    /// One pod's tasks; returns their IDs.
-    async fn run(&self, run: usize, containers: usize) -> anyhow::Result<Vec<String>> {
-        let sandbox = format!("raw-{run}-pause");
+    /// One pod's tasks; returns their IDs. `shared_shim` puts them in one
+    /// shim, as podkeeper and containerd's CRI plugin do; otherwise each
+    /// task gets its own, as `ctr run` does.
+    async fn run(
+        &self,
+        run: usize,
+        containers: usize,
+        shared_shim: bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let sandbox = format!("raw-{run}-{shared_shim}-pause");
+        let group = shared_shim.then_some(sandbox.as_str());
         let pid = self
-            .start(&sandbox, &self.pause, vec!["/pause".into()], None)
+            .start(&sandbox, &self.pause, vec!["/pause".into()], None, group)
             .await?;
-        let mut ids = vec![sandbox];
+        let mut ids = vec![sandbox.clone()];
         for i in 0..containers {
-            let id = format!("raw-{run}-c{i}");
+            let id = format!("raw-{run}-{shared_shim}-c{i}");
             self.start(
                 &id,
                 &self.busybox,
                 vec!["sleep".into(), "36000".into()],
                 Some(pid),
+                group,
             )
             .await?;
             ids.push(id);
@@ -220,9 +258,16 @@ impl RawFloor {
         image: &ResolvedImage,
         args: Vec<String>,
         join: Option<u32>,
+        shim_group: Option<&str>,
     ) -> anyhow::Result<u32> {
         use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
         let mut spec = Spec::default();
+        if let Some(group) = shim_group {
+            spec.set_annotations(Some(HashMap::from([(
+                podkeeper::runtime::spec::SHIM_GROUP_ANNOTATION.to_string(),
+                group.to_string(),
+            )])));
+        }
         if let Some(process) = spec.process_mut() {
             process.set_args(Some(args));
             process.set_rlimits(None);
@@ -337,6 +382,43 @@ struct Row {
     ratio: String,
 }
 
+/// Where the agent's time went, from its own histograms in `/metrics`:
+/// one line per pod worker action and containerd method with the mean
+/// duration and the number of calls per `runs`.
+fn agent_profile(agent: &Agent, runs: usize) -> Vec<String> {
+    let Ok((200, text)) = agent.get("/metrics") else {
+        return Vec::new();
+    };
+    let series = |name: &str, part: &str| -> BTreeMap<String, f64> {
+        let prefix = format!("{name}_{part}{{");
+        text.lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .filter_map(|rest| {
+                let (labels, value) = rest.split_once("} ")?;
+                Some((labels.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    };
+    let mut lines = Vec::new();
+    for name in [
+        "podkeeper_pod_sync_duration_seconds",
+        "podkeeper_containerd_call_duration_seconds",
+    ] {
+        let counts = series(name, "count");
+        for (labels, sum) in series(name, "sum") {
+            let count = counts.get(&labels).copied().unwrap_or(0.0);
+            if count > 0.0 {
+                lines.push(format!(
+                    "{labels}: {:.1} ms mean, {:.1} per pod",
+                    sum / count * 1000.0,
+                    count / runs as f64
+                ));
+            }
+        }
+    }
+    lines
+}
+
 fn ratio(a: Duration, b: Duration) -> String {
     if b.is_zero() {
         return "-".into();
@@ -393,14 +475,18 @@ fn main() -> anyhow::Result<()> {
             || tasks(&containerd, NAMESPACE).is_empty(),
         )?;
     }
+    let profile = agent_profile(&agent, options.runs);
     let tokio = tokio::runtime::Runtime::new()?;
     let floor = tokio.block_on(RawFloor::new(containerd.socket()))?;
     let mut raw_one = Vec::new();
+    let mut raw_shared_one = Vec::new();
     for run in 0..options.runs {
-        let started = Instant::now();
-        let ids = tokio.block_on(floor.run(run, options.containers))?;
-        raw_one.push(started.elapsed());
-        tokio.block_on(floor.remove(&ids));
+        for (shared_shim, times) in [(false, &mut raw_one), (true, &mut raw_shared_one)] {
+            let started = Instant::now();
+            let ids = tokio.block_on(floor.run(run, options.containers, shared_shim))?;
+            times.push(started.elapsed());
+            tokio.block_on(floor.remove(&ids));
+        }
     }
     let mut podman_one = Vec::new();
     if let Some(podman) = &podman {
@@ -413,11 +499,18 @@ fn main() -> anyhow::Result<()> {
     }
     let one = median(&mut podkeeper_one);
     let raw = median(&mut raw_one);
+    let raw_shared = median(&mut raw_shared_one);
     rows.push(Row {
         what: "one pod: manifest → all Running (median)".into(),
         podkeeper: ms(one),
         other: format!("raw containerd {}", ms(raw)),
         ratio: ratio(one, raw),
+    });
+    rows.push(Row {
+        what: "  raw floor with one shim per pod".into(),
+        podkeeper: ms(one),
+        other: format!("raw containerd {}", ms(raw_shared)),
+        ratio: ratio(one, raw_shared),
     });
     if !podman_one.is_empty() {
         let podman_median = median(&mut podman_one);
@@ -451,7 +544,7 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     let all_running = started.elapsed();
-    let (_, start_hwm) = memory(agent.pid());
+    let start_hwm = Memory::of(agent.pid()).high_water;
     let mut latencies: Vec<Duration> = first_running.values().copied().collect();
     let (steady_rss, steady_cpu) = footprint(agent.pid(), Duration::from_secs(60));
 
@@ -486,10 +579,11 @@ fn main() -> anyhow::Result<()> {
         .count();
 
     if options.keep_running {
-        println!("pods running; agent PID {}; Ctrl-C to end", agent.pid());
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
+        println!(
+            "pods running; agent PID {}; Ctrl-C to remove them and print the table",
+            agent.pid()
+        );
+        tokio.block_on(tokio::signal::ctrl_c())?;
     }
 
     // Removal of the whole node.
@@ -562,13 +656,13 @@ fn main() -> anyhow::Result<()> {
     }
     rows.push(Row {
         what: "agent idle, 0 pods: RSS / CPU".into(),
-        podkeeper: format!("{:.1} MiB / {idle_cpu:.2} %", idle_rss as f64 / 1024.0),
+        podkeeper: format!("{} / {idle_cpu:.2} %", idle_rss.describe()),
         other: String::new(),
         ratio: String::new(),
     });
     rows.push(Row {
         what: format!("agent steady, {} pods, 60 s: RSS / CPU", options.pods),
-        podkeeper: format!("{:.1} MiB / {steady_cpu:.2} %", steady_rss as f64 / 1024.0),
+        podkeeper: format!("{} / {steady_cpu:.2} %", steady_rss.describe()),
         other: String::new(),
         ratio: String::new(),
     });
@@ -585,6 +679,11 @@ fn main() -> anyhow::Result<()> {
         ratio: String::new(),
     });
 
+    println!();
+    println!("agent time per one-pod run (its /metrics, removal included):");
+    for line in profile {
+        println!("  {line}");
+    }
     println!();
     println!("| measure | podkeeper | compared with | ratio |");
     println!("|---|---|---|---|");
