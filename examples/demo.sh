@@ -22,22 +22,46 @@ fi
 
 ctr_at() { ctr --address "$1" --connect-timeout 2s "${@:2}"; }
 
+# The agent in the background on manifest directory $1, with the demo's
+# containerd, state and images.
+start_agent() {
+    "$bin" run --config /dev/null \
+        --manifest-dir "$1" \
+        --containerd-address "$(cat "$work/containerd.address")" \
+        --containerd-namespace "$namespace" \
+        --http-listen "$http" \
+        --state-dir "$work/state" \
+        --pod-log-dir "$work/pods" \
+        --images-dir "$work/images" \
+        >>"$work/agent.log" 2>&1 &
+    echo $! >"$work/agent.pid"
+}
+
+stop_agent() {
+    local pid
+    pid=$(cat "$work/agent.pid" 2>/dev/null || true)
+    rm -f "$work/agent.pid"
+    [[ -n $pid ]] || return 0
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+}
+
+# Stopping the agent leaves its pods running (that is what lets an upgrade
+# keep them). To remove them with everything they hold (network namespace,
+# CNI address and port mappings, mounts), the agent runs once more on an
+# empty manifest directory: it removes pods whose manifests are gone.
 stop_demo() {
-    if [[ -f $work/agent.pid ]]; then
-        kill "$(cat "$work/agent.pid")" 2>/dev/null || true
-        rm -f "$work/agent.pid"
-    fi
+    stop_agent
     local sock
     sock=$(cat "$work/containerd.address" 2>/dev/null || true)
-    if [[ -n $sock ]] && ctr_at "$sock" version >/dev/null 2>&1; then
-        for c in $(ctr_at "$sock" -n "$namespace" containers ls -q 'labels."io.podkeeper.kind"'); do
-            ctr_at "$sock" -n "$namespace" tasks kill -a -s SIGKILL "$c" >/dev/null 2>&1 || true
+    if [[ -n $sock ]] && ctr_at "$sock" version >/dev/null 2>&1 && [[ -x $bin ]]; then
+        mkdir -p "$work/no-manifests"
+        start_agent "$work/no-manifests"
+        for _ in $(seq 600); do
+            [[ -z $(ctr_at "$sock" -n "$namespace" containers ls -q 'labels."io.podkeeper.kind"') ]] && break
+            sleep 0.1
         done
-        sleep 1
-        for c in $(ctr_at "$sock" -n "$namespace" containers ls -q 'labels."io.podkeeper.kind"'); do
-            ctr_at "$sock" -n "$namespace" tasks delete -f "$c" >/dev/null 2>&1 || true
-            ctr_at "$sock" -n "$namespace" containers delete "$c" >/dev/null 2>&1 || true
-        done
+        stop_agent
     fi
     if [[ -f $work/containerd.pid ]]; then
         kill "$(cat "$work/containerd.pid")" 2>/dev/null || true
@@ -90,16 +114,8 @@ mkdir -p "$work/images"
 examples/build-busybox-image.sh "$work/images/busybox.tar" podkeeper.local/busybox:latest >/dev/null
 echo "podkeeper.local/busybox:latest is in $work/images/busybox.tar"
 
-"$bin" run --config /dev/null \
-    --manifest-dir "$repo/examples/manifests" \
-    --containerd-address "$sock" \
-    --containerd-namespace "$namespace" \
-    --http-listen "$http" \
-    --state-dir "$work/state" \
-    --pod-log-dir "$work/pods" \
-    --images-dir "$work/images" \
-    >"$work/agent.log" 2>&1 &
-echo $! >"$work/agent.pid"
+: >"$work/agent.log"
+start_agent "$repo/examples/manifests"
 for _ in $(seq 100); do curl -fs "http://$http/healthz" >/dev/null && break; sleep 0.1; done
 curl -fs "http://$http/healthz" >/dev/null || { cat "$work/agent.log"; exit 1; }
 for _ in $(seq 100); do
