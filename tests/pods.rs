@@ -220,6 +220,64 @@ fn deleting_the_manifest_removes_every_task_container_and_snapshot() {
     );
 }
 
+/// The kubelet removes a pod whose manifest went away while it was down
+/// with its sandbox; so must podkeeper, network and all, knowing the pod
+/// only from its containers.
+#[test]
+fn a_pod_removed_while_the_agent_was_down_is_removed_with_its_network() {
+    if !e2e_enabled("a_pod_removed_while_the_agent_was_down_is_removed_with_its_network") {
+        return;
+    }
+    let namespace = "e2e-orphan";
+    let (containerd, mut agent) = start_with_busybox(namespace);
+    agent.write_manifest("web.yaml", TWO_CONTAINERS);
+    let pod_name = format!("web-{NODE}");
+    agent.wait_running(&pod_name, 2, Duration::from_secs(10));
+    let uid = agent.pod(&pod_name).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let entries = |dir: std::path::PathBuf| -> Vec<String> {
+        std::fs::read_dir(dir).map_or(Vec::new(), |d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+    };
+    let state = agent.state.clone();
+    let netns = || entries(state.join("netns"));
+    let cni_results = || entries(state.join("cni").join("results"));
+    let pod_state = || entries(state.join("pods"));
+    let cgroup = std::path::PathBuf::from(format!(
+        "/sys/fs/cgroup/memory{}/besteffort/pod{uid}",
+        common::agent::CGROUP_ROOT
+    ));
+    assert_eq!(netns().len(), 1);
+    assert_eq!(cni_results().len(), 1);
+    assert!(!pod_state().is_empty());
+    assert!(cgroup.exists(), "{} missing", cgroup.display());
+
+    agent.kill();
+    agent.remove_manifest("web.yaml");
+    agent.restart().unwrap();
+    agent.wait_until(
+        "the pod and all it held gone",
+        Duration::from_secs(15),
+        || {
+            containerd
+                .ctr(namespace, &["containers", "ls", "-q"])
+                .unwrap()
+                .trim()
+                .is_empty()
+                && netns().is_empty()
+                && cni_results().is_empty()
+                && pod_state().is_empty()
+                && !cgroup.exists()
+        },
+    );
+    assert!(tasks(&containerd, namespace).is_empty());
+}
+
 #[test]
 fn invalid_manifests_are_reported_and_the_other_pods_still_run() {
     if !e2e_enabled("invalid_manifests_are_reported_and_the_other_pods_still_run") {

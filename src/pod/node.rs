@@ -53,6 +53,46 @@ pub struct NodeRuntime {
 }
 
 impl NodeRuntime {
+    /// Releases what a pod's sandbox held: its network (CNI DEL, then the
+    /// namespace), hostPort claims, volumes, the pod's files, its cgroup.
+    async fn release(&self, holdings: &SandboxHoldings<'_>) {
+        let path = self.netns_path(holdings.uid);
+        let sandbox_id = labels::sandbox_id(holdings.uid);
+        // Nothing to undo for a pod that never got a network (the usual case
+        // when a worker starts): running the CNI DEL chain would cost
+        // several plugin processes per pod start.
+        let has_network = path.exists() || self.network.has_result(&sandbox_id);
+        if !holdings.host_network && has_network {
+            let request = PodNetworkRequest {
+                sandbox_id: &sandbox_id,
+                netns: &path,
+                pod_name: holdings.name,
+                pod_namespace: holdings.namespace,
+                pod_uid: holdings.uid,
+                port_mappings: &holdings.port_mappings,
+            };
+            if let Err(e) = self.network.teardown(&request).await {
+                warn!(pod = %holdings.name, error = %e, "cannot tear down the pod network");
+            }
+            if let Err(e) = netns::remove(&path) {
+                warn!(pod = %holdings.name, error = %e, "cannot remove the network namespace");
+            }
+        }
+        self.release_ports(holdings.uid);
+        let files = PodFiles::new(&self.settings.state_dir, holdings.uid);
+        if let Err(e) = volumes::cleanup(&files.volumes()) {
+            warn!(pod = %holdings.name, error = %e, "cannot clean up the pod's volumes");
+        }
+        if let Err(e) = pod_files::cleanup(&files) {
+            warn!(pod = %holdings.name, error = %e, "cannot remove the pod's files");
+        }
+        if let Some(cgroup) = &holdings.cgroup {
+            if let Err(e) = cgroups::remove_pod_cgroup(cgroup, self.cgroup_version) {
+                warn!(pod = %holdings.name, error = %e, "cannot remove the pod cgroup");
+            }
+        }
+    }
+
     pub fn new(
         containerd: Containerd,
         images: Arc<ImageService>,
@@ -198,6 +238,65 @@ fn network_request<'a>(
     }
 }
 
+/// What a pod's sandbox holds on the node besides containers, to release:
+/// known from the desired pod, or, for a pod whose manifest went away while
+/// the agent was down, from its sandbox container.
+struct SandboxHoldings<'a> {
+    uid: &'a str,
+    name: &'a str,
+    namespace: &'a str,
+    host_network: bool,
+    /// Only a fallback: the mappings given at ADD are in the CNI cache.
+    port_mappings: Vec<PortMapping>,
+    cgroup: Option<String>,
+}
+
+impl<'a> SandboxHoldings<'a> {
+    fn of_pod(pod: &'a DesiredPod, cgroup_root: &str) -> SandboxHoldings<'a> {
+        let spec = pod.pod.spec.clone().unwrap_or_default();
+        let cgroup = resources::qos_class(&spec)
+            .and_then(|qos| resources::pod_cgroup(pod.uid(), &spec, qos, cgroup_root))
+            .ok()
+            .map(|c| c.path);
+        SandboxHoldings {
+            uid: pod.uid(),
+            name: pod.name(),
+            namespace: pod.namespace(),
+            host_network: spec.host_network.unwrap_or(false),
+            port_mappings: hostport::port_mappings(&pod.pod),
+            cgroup,
+        }
+    }
+
+    /// From the sandbox container's labels and OCI spec (its cgroup's
+    /// parent is the pod cgroup).
+    fn of_sandbox(
+        uid: &'a str,
+        sandbox: &'a containerd_client::services::v1::Container,
+        cgroup_root: &str,
+    ) -> SandboxHoldings<'a> {
+        let label = |key: &str| sandbox.labels.get(key).map(String::as_str).unwrap_or("");
+        let spec: Option<serde_json::Value> = sandbox
+            .spec
+            .as_ref()
+            .and_then(|any| serde_json::from_slice(&any.value).ok());
+        let cgroup = spec
+            .as_ref()
+            .and_then(|s| s["linux"]["cgroupsPath"].as_str())
+            .and_then(|path| Path::new(path).parent())
+            .filter(|parent| parent.starts_with(cgroup_root))
+            .map(|parent| parent.to_string_lossy().into_owned());
+        SandboxHoldings {
+            uid,
+            name: label(labels::POD_NAME),
+            namespace: label(labels::POD_NAMESPACE),
+            host_network: false,
+            port_mappings: Vec::new(),
+            cgroup,
+        }
+    }
+}
+
 fn failure(reason: &'static str, message: impl Into<String>) -> SandboxFailure {
     SandboxFailure {
         reason,
@@ -310,40 +409,8 @@ impl PodRuntime for NodeRuntime {
     }
 
     async fn release_sandbox(&self, pod: &DesiredPod) {
-        let spec = pod.pod.spec.clone().unwrap_or_default();
-        let path = self.netns_path(pod.uid());
-        let sandbox_id = labels::sandbox_id(pod.uid());
-        // Nothing to undo for a pod that never got a network (the usual case
-        // when a worker starts): running the CNI DEL chain would cost
-        // several plugin processes per pod start.
-        let has_network = path.exists() || self.network.has_result(&sandbox_id);
-        if !spec.host_network.unwrap_or(false) && has_network {
-            let mappings = hostport::port_mappings(&pod.pod);
-            let request = network_request(pod, &sandbox_id, &path, &mappings);
-            if let Err(e) = self.network.teardown(&request).await {
-                warn!(pod = %pod.name(), error = %e, "cannot tear down the pod network");
-            }
-            if let Err(e) = netns::remove(&path) {
-                warn!(pod = %pod.name(), error = %e, "cannot remove the network namespace");
-            }
-        }
-        self.release_ports(pod.uid());
-        let files = PodFiles::new(&self.settings.state_dir, pod.uid());
-        if let Err(e) = volumes::cleanup(&files.volumes()) {
-            warn!(pod = %pod.name(), error = %e, "cannot clean up the pod's volumes");
-        }
-        if let Err(e) = pod_files::cleanup(&files) {
-            warn!(pod = %pod.name(), error = %e, "cannot remove the pod's files");
-        }
-        if let Ok(qos) = resources::qos_class(&spec) {
-            if let Ok(cgroup) =
-                resources::pod_cgroup(pod.uid(), &spec, qos, &self.settings.cgroup_root)
-            {
-                if let Err(e) = cgroups::remove_pod_cgroup(&cgroup.path, self.cgroup_version) {
-                    warn!(pod = %pod.name(), error = %e, "cannot remove the pod cgroup");
-                }
-            }
-        }
+        let holdings = SandboxHoldings::of_pod(pod, &self.settings.cgroup_root);
+        self.release(&holdings).await;
     }
 
     fn log_target(&self, path: &Path) -> String {
@@ -415,13 +482,19 @@ impl PodRuntime for NodeRuntime {
         let (sandboxes, apps): (Vec<_>, Vec<_>) = containers.into_iter().partition(|c| {
             c.labels.get(labels::KIND).map(String::as_str) == Some(labels::KIND_SANDBOX)
         });
-        for group in [apps, sandboxes] {
+        for group in [&apps, &sandboxes] {
             let removals = group.iter().map(|c| runtime.remove_container(&c.id));
             for (c, result) in group.iter().zip(futures::future::join_all(removals).await) {
                 if let Err(e) = result {
                     warn!(container = %c.id, error = %e, "cannot remove container");
                 }
             }
+        }
+        // No desired pod to say what its sandbox held: the sandbox
+        // container does.
+        if let Some(sandbox) = sandboxes.first() {
+            let holdings = SandboxHoldings::of_sandbox(uid, sandbox, &self.settings.cgroup_root);
+            self.release(&holdings).await;
         }
     }
 

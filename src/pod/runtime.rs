@@ -132,7 +132,8 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Removes every container labelled with this pod UID, app containers
-    /// before the sandbox.
+    /// before the sandbox, then what the sandbox held (network, volumes,
+    /// the pod's files, cgroup): for pods no worker knows.
     fn remove_pod(&self, uid: &str) -> impl Future<Output = ()> + Send;
 
     /// Every container of the pod, with its task's state.

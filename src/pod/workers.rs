@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use super::checkpoint::Checkpoint;
 use super::runtime::PodRuntime;
 use super::worker::{Worker, WorkerContext};
 use crate::desired::{DesiredPod, DesiredReader, DesiredState};
@@ -161,9 +162,15 @@ impl<R: PodRuntime> Workers<R> {
             }
         };
         for uid in uids.into_iter().filter(|uid| !state.pods.contains_key(uid)) {
-            info!(uid = %uid, "removing containers of a pod that is no longer desired");
+            info!(uid = %uid, "removing a pod that is no longer desired");
             let runtime = self.ctx.runtime.clone();
-            tokio::spawn(async move { runtime.remove_pod(&uid).await });
+            let checkpoint = Checkpoint::path(&self.ctx.state_dir, &uid);
+            tokio::spawn(async move {
+                runtime.remove_pod(&uid).await;
+                if let Err(e) = Checkpoint::remove(&checkpoint) {
+                    warn!(uid = %uid, error = %e, "cannot remove the pod's checkpoint");
+                }
+            });
         }
     }
 }
