@@ -23,7 +23,8 @@ fi
 ctr_at() { ctr --address "$1" --connect-timeout 2s "${@:2}"; }
 
 # The agent in the background on manifest directory $1, with the demo's
-# containerd, state and images.
+# containerd, state and images, and its built-in network (an empty CNI
+# config directory), whatever else configured CNI on this machine.
 start_agent() {
     "$bin" run --config /dev/null \
         --manifest-dir "$1" \
@@ -33,6 +34,7 @@ start_agent() {
         --state-dir "$work/state" \
         --pod-log-dir "$work/pods" \
         --images-dir "$work/images" \
+        --cni-conf-dir "$work/cni" \
         >>"$work/agent.log" 2>&1 &
     echo $! >"$work/agent.pid"
 }
@@ -57,8 +59,11 @@ stop_demo() {
     if [[ -n $sock ]] && ctr_at "$sock" version >/dev/null 2>&1 && [[ -x $bin ]]; then
         mkdir -p "$work/no-manifests"
         start_agent "$work/no-manifests"
+        # Done when no container is left and the pods' state (files,
+        # checkpoints: removed last) is gone.
         for _ in $(seq 600); do
-            [[ -z $(ctr_at "$sock" -n "$namespace" containers ls -q 'labels."io.podkeeper.kind"') ]] && break
+            [[ -z $(ctr_at "$sock" -n "$namespace" containers ls -q) ]] &&
+                [[ -z $(ls -A "$work/state/pods" 2>/dev/null) ]] && break
             sleep 0.1
         done
         stop_agent
@@ -79,7 +84,7 @@ fi
 examples/install-deps.sh
 echo "building podkeeper (release)…"
 cargo build --release --locked
-mkdir -p "$work"
+mkdir -p "$work" "$work/cni"
 [[ -f $work/agent.pid ]] && stop_demo >/dev/null
 
 if ctr_at "$system_sock" version >/dev/null 2>&1; then
