@@ -9,21 +9,23 @@
 //! until Ctrl-C, to profile; then finish as usual). Prints tables; asserts
 //! nothing about time.
 
+#[path = "node/agent_process.rs"]
+mod agent_process;
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "node/peers.rs"]
+mod peers;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use agent_process::{agent_profile, footprint, Memory};
 use anyhow::{bail, Context};
 use common::agent::{Agent, BUSYBOX};
 use common::containerd::PrivateContainerd;
 use common::tasks::tasks;
-use podkeeper::runtime::containerd::images::ResolvedImage;
-use podkeeper::runtime::containerd::tasks::NewContainer;
-use podkeeper::runtime::containerd::Containerd;
+use peers::{Podman, RawFloor};
 
 const NAMESPACE: &str = "bench";
 
@@ -113,74 +115,6 @@ fn wait(
     bail!("timed out after {timeout:?} waiting for {what}")
 }
 
-/// A process's resident memory from /proc, in KiB.
-#[derive(Debug, Clone, Copy)]
-struct Memory {
-    rss: u64,
-    high_water: u64,
-    /// Heap, stacks and other anonymous pages.
-    anon: u64,
-    /// Mapped files: mostly the agent's own code.
-    file: u64,
-}
-
-impl Memory {
-    fn of(pid: u32) -> Memory {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Memory {
-            rss: field("VmRSS:"),
-            high_water: field("VmHWM:"),
-            anon: field("RssAnon:"),
-            file: field("RssFile:"),
-        }
-    }
-
-    /// RSS with its anonymous / file-backed split, in MiB.
-    fn describe(&self) -> String {
-        let mib = |kib: u64| kib as f64 / 1024.0;
-        format!(
-            "{:.1} MiB (anon {:.1}, file {:.1})",
-            mib(self.rss),
-            mib(self.anon),
-            mib(self.file)
-        )
-    }
-}
-
-/// User + system CPU time of a process.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_millis(ticks * 1000 / hz)
-}
-
-/// Memory at the end of `period` and CPU share of one core over it.
-fn footprint(pid: u32, period: Duration) -> (Memory, f64) {
-    let before = cpu_time(pid);
-    std::thread::sleep(period);
-    let used = cpu_time(pid).saturating_sub(before);
-    (
-        Memory::of(pid),
-        used.as_secs_f64() / period.as_secs_f64() * 100.0,
-    )
-}
-
 fn median(values: &mut [Duration]) -> Duration {
     values.sort();
     values.get(values.len() / 2).copied().unwrap_or_default()
@@ -199,224 +133,11 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The raw floor: the same tasks (pause, then `containers` busybox
-/// sleepers joining its namespaces) created and started one after the
-/// other straight over containerd's API, no network, no podkeeper logic.
-struct RawFloor {
-    runtime: Containerd,
-    pause: ResolvedImage,
-    busybox: ResolvedImage,
-}
-
-impl RawFloor {
-    async fn new(socket: &Path) -> anyhow::Result<RawFloor> {
-        let runtime = Containerd::connect(socket, NAMESPACE).await?;
-        let pause = runtime
-            .resolve_image(&podkeeper::runtime::pause::image_name())
-            .await?;
-        let busybox = runtime.resolve_image(BUSYBOX).await?;
-        Ok(RawFloor {
-            runtime,
-            pause,
-            busybox,
-        })
-    }
-
-    /// One pod's tasks; returns their IDs. `shared_shim` puts them in one
-    /// shim, as podkeeper and containerd's CRI plugin do; otherwise each
-    /// task gets its own, as `ctr run` does.
-    async fn run(
-        &self,
-        run: usize,
-        containers: usize,
-        shared_shim: bool,
-    ) -> anyhow::Result<Vec<String>> {
-        let sandbox = format!("raw-{run}-{shared_shim}-pause");
-        let group = shared_shim.then_some(sandbox.as_str());
-        let pid = self
-            .start(&sandbox, &self.pause, vec!["/pause".into()], None, group)
-            .await?;
-        let mut ids = vec![sandbox.clone()];
-        for i in 0..containers {
-            let id = format!("raw-{run}-{shared_shim}-c{i}");
-            self.start(
-                &id,
-                &self.busybox,
-                vec!["sleep".into(), "36000".into()],
-                Some(pid),
-                group,
-            )
-            .await?;
-            ids.push(id);
-        }
-        Ok(ids)
-    }
-
-    async fn start(
-        &self,
-        id: &str,
-        image: &ResolvedImage,
-        args: Vec<String>,
-        join: Option<u32>,
-        shim_group: Option<&str>,
-    ) -> anyhow::Result<u32> {
-        use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
-        let mut spec = Spec::default();
-        if let Some(group) = shim_group {
-            spec.set_annotations(Some(HashMap::from([(
-                podkeeper::runtime::spec::SHIM_GROUP_ANNOTATION.to_string(),
-                group.to_string(),
-            )])));
-        }
-        if let Some(process) = spec.process_mut() {
-            process.set_args(Some(args));
-            process.set_rlimits(None);
-        }
-        if let (Some(pid), Some(linux)) = (join, spec.linux_mut()) {
-            let namespaces = linux.namespaces().clone().unwrap_or_default();
-            let joined = namespaces
-                .into_iter()
-                .map(|mut ns| {
-                    let name = match ns.typ() {
-                        LinuxNamespaceType::Network => Some("net"),
-                        LinuxNamespaceType::Ipc => Some("ipc"),
-                        LinuxNamespaceType::Uts => Some("uts"),
-                        _ => None,
-                    };
-                    if let Some(name) = name {
-                        ns.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/{name}"))));
-                    }
-                    ns
-                })
-                .collect::<Vec<LinuxNamespace>>();
-            linux.set_namespaces(Some(joined));
-        }
-        self.runtime
-            .create_container(NewContainer {
-                id,
-                image: &image.name,
-                chain_id: &image.chain_id,
-                spec: &spec,
-                labels: HashMap::new(),
-                log_target: None,
-            })
-            .await?;
-        Ok(self.runtime.start_task(id).await?)
-    }
-
-    async fn remove(&self, ids: &[String]) {
-        for id in ids.iter().rev() {
-            let _ = self.runtime.remove_container(id).await;
-        }
-    }
-}
-
-/// `podman` with its own storage in a temporary directory, so the node's
-/// podman (if any) is untouched, and the ulimits this host allows.
-struct Podman {
-    dir: tempfile::TempDir,
-}
-
-impl Podman {
-    fn new() -> anyhow::Result<Podman> {
-        let dir = tempfile::tempdir()?;
-        // Debian's default asks for nofile limits above these hosts' hard
-        // limits; runc then refuses every container.
-        std::fs::write(
-            dir.path().join("containers.conf"),
-            "[containers]\ndefault_ulimits = []\n",
-        )?;
-        let podman = Podman { dir };
-        let archive = common::archives::shared_busybox_oci(BUSYBOX)?;
-        podman.run(&["load", "-i", &archive.display().to_string()])?;
-        Ok(podman)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("podman");
-        command
-            .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
-            .arg("--root")
-            .arg(self.dir.path().join("root"))
-            .arg("--runroot")
-            .arg(self.dir.path().join("run"))
-            .args(args);
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> anyhow::Result<()> {
-        let output = self.command(args).output().context("running podman")?;
-        if !output.status.success() {
-            bail!(
-                "podman {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
-    }
-
-    fn play(&self, file: &Path) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        self.run(&["kube", "play", &file.display().to_string()])?;
-        Ok(started.elapsed())
-    }
-
-    fn down(&self, file: &Path) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        self.run(&["kube", "down", &file.display().to_string()])?;
-        Ok(started.elapsed())
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.run(&["pod", "rm", "--all", "--force", "--time", "0"]);
-        let _ = self.run(&["system", "reset", "--force"]);
-    }
-}
-
 struct Row {
     what: String,
     podkeeper: String,
     other: String,
     ratio: String,
-}
-
-/// Where the agent's time went, from its own histograms in `/metrics`:
-/// one line per pod worker action and containerd method with the mean
-/// duration and the number of calls per `runs`.
-fn agent_profile(agent: &Agent, runs: usize) -> Vec<String> {
-    let Ok((200, text)) = agent.get("/metrics") else {
-        return Vec::new();
-    };
-    let series = |name: &str, part: &str| -> BTreeMap<String, f64> {
-        let prefix = format!("{name}_{part}{{");
-        text.lines()
-            .filter_map(|line| line.strip_prefix(&prefix))
-            .filter_map(|rest| {
-                let (labels, value) = rest.split_once("} ")?;
-                Some((labels.to_string(), value.parse().ok()?))
-            })
-            .collect()
-    };
-    let mut lines = Vec::new();
-    for name in [
-        "podkeeper_pod_sync_duration_seconds",
-        "podkeeper_containerd_call_duration_seconds",
-    ] {
-        let counts = series(name, "count");
-        for (labels, sum) in series(name, "sum") {
-            let count = counts.get(&labels).copied().unwrap_or(0.0);
-            if count > 0.0 {
-                lines.push(format!(
-                    "{labels}: {:.1} ms mean, {:.1} per pod",
-                    sum / count * 1000.0,
-                    count / runs as f64
-                ));
-            }
-        }
-    }
-    lines
 }
 
 fn ratio(a: Duration, b: Duration) -> String {
