@@ -332,23 +332,9 @@ fn send_raw(address: &str, request: &[u8]) -> Option<u16> {
     head.split_whitespace().nth(1).and_then(|c| c.parse().ok())
 }
 
-/// xorshift: reproducible random requests without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-fn malformed_request(rng: &mut Rng) -> Vec<u8> {
+/// One request of a random kind: garbage bytes, known-bad paths, random
+/// paths, bad heads or writes.
+fn malformed_request(rng: &mut fastrand::Rng) -> Vec<u8> {
     const PATHS: &[&str] = &[
         "/api/v1/namespaces/%ZZ/pods",
         "/api/v1/namespaces/default/pods/%FF%FE",
@@ -364,26 +350,26 @@ fn malformed_request(rng: &mut Rng) -> Vec<u8> {
         "/api/v1/namespaces/",
         "/metrics/../pods",
     ];
-    match rng.below(6) {
+    match rng.usize(..6) {
         // Random bytes.
-        0 => (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+        0 => (0..rng.usize(..300)).map(|_| rng.u8(..)).collect(),
         // A known-bad path.
         1 => format!(
             "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
-            PATHS[rng.below(PATHS.len())]
+            PATHS[rng.usize(..PATHS.len())]
         )
         .into_bytes(),
         // A path of random printable characters.
         2 => {
-            let path: String = (0..rng.below(60))
-                .map(|_| char::from(33 + rng.below(94) as u8))
+            let path: String = (0..rng.usize(..60))
+                .map(|_| char::from(33 + rng.usize(..94) as u8))
                 .collect();
             format!("GET /{path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
         }
         // Too many headers, or one that is too long.
         3 => {
             let mut request = b"GET /pods HTTP/1.1\r\n".to_vec();
-            if rng.below(2) == 0 {
+            if rng.usize(..2) == 0 {
                 for i in 0..100 {
                     request.extend(format!("X-{i}: y\r\n").as_bytes());
                 }
@@ -395,7 +381,7 @@ fn malformed_request(rng: &mut Rng) -> Vec<u8> {
         }
         // A write, with a body the server never reads.
         4 => {
-            let method = ["POST", "PUT", "PATCH", "DELETE"][rng.below(4)];
+            let method = ["POST", "PUT", "PATCH", "DELETE"][rng.usize(..4)];
             format!("{method} /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").into_bytes()
         }
         // A truncated request head.
@@ -415,7 +401,7 @@ fn ten_thousand_malformed_requests_leave_the_api_answering() {
         .map(|t| {
             let address = address.clone();
             std::thread::spawn(move || {
-                let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ (t + 1));
+                let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D ^ (t + 1));
                 let mut codes = std::collections::BTreeMap::new();
                 for _ in 0..1250 {
                     let code = send_raw(&address, &malformed_request(&mut rng));

@@ -449,23 +449,6 @@ mod tests {
         ));
     }
 
-    /// A small xorshift generator: reproducible random input without a
-    /// dependency.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     /// Random paths and queries, built from pieces of real ones so that
     /// many get deep into the parsers, never panic.
     #[test]
@@ -517,15 +500,15 @@ mod tests {
             "-1",
             "99999999999999999999",
         ];
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
         for _ in 0..200_000 {
-            let build = |rng: &mut XorShift| {
+            let build = |rng: &mut fastrand::Rng| {
                 let mut text = String::new();
-                for _ in 0..rng.below(12) {
-                    if rng.below(8) == 0 {
-                        text.push(char::from(rng.below(128) as u8));
+                for _ in 0..rng.usize(..12) {
+                    if rng.usize(..8) == 0 {
+                        text.push(char::from(rng.usize(..128) as u8));
                     } else {
-                        text.push_str(PIECES[rng.below(PIECES.len())]);
+                        text.push_str(PIECES[rng.usize(..PIECES.len())]);
                     }
                 }
                 text
