@@ -28,6 +28,11 @@ pub const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 30;
 pub struct ManifestError {
     pub field: Option<String>,
     pub message: String,
+    /// The Warning event's reason: `FailedParse` when the file is not a
+    /// Pod object, `FailedValidation` when it is one but a value is refused
+    /// as the API server's validation would refuse it (the kubelet's reason
+    /// for a static pod it will not run).
+    pub reason: &'static str,
 }
 
 impl ManifestError {
@@ -35,12 +40,20 @@ impl ManifestError {
         ManifestError {
             field: Some(field.into()),
             message: message.into(),
+            reason: "FailedParse",
         }
     }
     fn whole(message: impl Into<String>) -> Self {
         ManifestError {
             field: None,
             message: message.into(),
+            reason: "FailedParse",
+        }
+    }
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ManifestError {
+            reason: "FailedValidation",
+            ..ManifestError::at(field, message)
         }
     }
 }
@@ -145,18 +158,24 @@ fn check_type(value: &serde_json::Value) -> Result<(), ManifestError> {
 fn validate(pod: &Pod) -> Result<(), ManifestError> {
     let name = pod.metadata.name.as_deref().unwrap_or("");
     if name.is_empty() {
-        return Err(ManifestError::at("metadata.name", "a pod needs a name"));
+        return Err(ManifestError::invalid(
+            "metadata.name",
+            "a pod needs a name",
+        ));
     }
     check_dns_subdomain("metadata.name", name)?;
     if let Some(ns) = pod.metadata.namespace.as_deref() {
         check_dns_label("metadata.namespace", ns)?;
+    }
+    if let Some(uid) = pod.metadata.uid.as_deref().filter(|uid| !uid.is_empty()) {
+        check_uid(uid)?;
     }
     let spec = pod
         .spec
         .as_ref()
         .ok_or_else(|| ManifestError::at("spec", "missing"))?;
     if spec.containers.is_empty() {
-        return Err(ManifestError::at(
+        return Err(ManifestError::invalid(
             "spec.containers",
             "a pod needs at least one container",
         ));
@@ -169,9 +188,27 @@ fn validate(pod: &Pod) -> Result<(), ManifestError> {
     for (list, container) in all {
         validate_container(list, container, &mut names)?;
     }
+    let mut volumes = HashSet::new();
+    for (index, volume) in spec.volumes.iter().flatten().enumerate() {
+        check_dns_label(&format!("spec.volumes[{index}].name"), &volume.name)?;
+        if !volumes.insert(volume.name.as_str()) {
+            return Err(ManifestError::invalid(
+                format!("spec.volumes[{}].name", volume.name),
+                "duplicate volume name in this pod",
+            ));
+        }
+    }
+    for (field, value) in [
+        ("spec.hostname", &spec.hostname),
+        ("spec.subdomain", &spec.subdomain),
+    ] {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            check_dns_label(field, value)?;
+        }
+    }
     if let Some(grace) = spec.termination_grace_period_seconds {
         if grace < 0 {
-            return Err(ManifestError::at(
+            return Err(ManifestError::invalid(
                 "spec.terminationGracePeriodSeconds",
                 "must not be negative",
             ));
@@ -188,17 +225,48 @@ fn validate_container<'a>(
     let at = |field: &str| format!("{list}[{}].{field}", container.name);
     check_dns_label(&format!("{list}[].name"), &container.name)?;
     if !names.insert(container.name.as_str()) {
-        return Err(ManifestError::at(
+        return Err(ManifestError::invalid(
             at("name"),
             "duplicate container name in this pod",
         ));
     }
     if container.image.as_deref().unwrap_or("").trim().is_empty() {
-        return Err(ManifestError::at(at("image"), "a container needs an image"));
+        return Err(ManifestError::invalid(
+            at("image"),
+            "a container needs an image",
+        ));
     }
     Ok(())
 }
 
+/// A given UID names the pod's directories, cgroup and containers, so only
+/// the two forms a real UID takes are accepted: the RFC 4122 form the API
+/// server generates (`kubectl get pod -o yaml` shows it) and the 32 hex
+/// digits of the kubelet's static-pod hash. Hex digits of either case are
+/// kept as given, as the API server compares UIDs as exact strings.
+fn check_uid(uid: &str) -> Result<(), ManifestError> {
+    let hex =
+        |part: &str, len: usize| part.len() == len && part.bytes().all(|b| b.is_ascii_hexdigit());
+    let groups: Vec<&str> = uid.split('-').collect();
+    let rfc_4122 = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| hex(group, len));
+    if rfc_4122 || hex(uid, 32) {
+        return Ok(());
+    }
+    // Enough to recognise the value without echoing a huge one whole.
+    let shown: String = uid.chars().take(100).collect();
+    let cut = if shown.len() < uid.len() { "..." } else { "" };
+    Err(ManifestError::invalid(
+        "metadata.uid",
+        format!(
+            "{shown:?}{cut} is not a UID: expected the RFC 4122 form \
+             (3f2b1c9e-5d4a-4e7b-9c1d-2a6f8e0b4c7d) or 32 hex digits, or no uid at all"
+        ),
+    ))
+}
 fn check_dns_label(field: &str, value: &str) -> Result<(), ManifestError> {
     let ok = !value.is_empty()
         && value.len() <= 63
@@ -210,7 +278,7 @@ fn check_dns_label(field: &str, value: &str) -> Result<(), ManifestError> {
     if ok {
         Ok(())
     } else {
-        Err(ManifestError::at(
+        Err(ManifestError::invalid(
             field,
             format!(
                 "{value:?} must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
@@ -221,13 +289,13 @@ fn check_dns_label(field: &str, value: &str) -> Result<(), ManifestError> {
 
 fn check_dns_subdomain(field: &str, value: &str) -> Result<(), ManifestError> {
     if value.len() > 253 {
-        return Err(ManifestError::at(field, "longer than 253 characters"));
+        return Err(ManifestError::invalid(field, "longer than 253 characters"));
     }
     value
         .split('.')
         .try_for_each(|label| check_dns_label(field, label))
         .map_err(|_| {
-            ManifestError::at(
+            ManifestError::invalid(
                 field,
                 format!(
                     "{value:?} must be a DNS subdomain: lowercase letters, digits, '-' and '.'"
@@ -368,10 +436,97 @@ mod tests {
         assert_ne!(other_path.uid(), base);
     }
 
+    fn with_uid(uid: &str) -> Result<DesiredPod, ManifestError> {
+        let line = format!("  uid: {}\n", serde_json::to_string(uid).unwrap());
+        parse(&WEB.replace("  name: web\n", &format!("  name: web\n{line}")))
+    }
+
     #[test]
     fn an_explicit_uid_is_kept() {
-        let text = WEB.replace("  name: web\n", "  name: web\n  uid: \"1234\"\n");
-        assert_eq!(parse(&text).unwrap().uid(), "1234");
+        for uid in [
+            "3f2b1c9e-5d4a-4e7b-9c1d-2a6f8e0b4c7d",
+            "0123456789abcdef0123456789abcdef",
+            // The API server compares UIDs as exact strings: the case stays.
+            "3F2B1C9E-5D4A-4E7B-9C1D-2A6F8E0B4C7D",
+            "0123456789ABCDEF0123456789abcdef",
+        ] {
+            let pod = with_uid(uid).unwrap();
+            assert_eq!(pod.uid(), uid);
+            let annotations = pod.pod.metadata.annotations.as_ref().unwrap();
+            assert_eq!(annotations["kubernetes.io/config.hash"], uid);
+        }
+        assert_eq!(with_uid("").unwrap().uid().len(), 32, "empty is no uid");
+    }
+
+    #[test]
+    fn a_uid_that_is_not_a_uid_is_a_validation_error() {
+        let too_long = format!("{}0", "0123456789abcdef".repeat(2));
+        let refused = [
+            "/",
+            "/tmp/x",
+            "../..",
+            "..",
+            ".",
+            "a/b",
+            "1234",
+            "3f2b1c9e-5d4a-4e7b-9c1d-2a6f8e0b4c7d\0",
+            "3f2b1c9e\0-5d4a-4e7b-9c1d-2a6f8e0b4c7",
+            "3f2b1c9e-5d4a-4e7b-9c1d-2a6f8e0b4c7d0",
+            "3f2b1c9e-5d4a-4e7b-9c1d2a6f8e0b4c7d",
+            "3f2b1c9e5d4a-4e7b-9c1d-2a6f-8e0b4c7d",
+            "3g2b1c9e-5d4a-4e7b-9c1d-2a6f8e0b4c7d",
+            " 3f2b1c9e-5d4a-4e7b-9c1d-2a6f8e0b4c7d",
+            "0123456789abcdef0123456789abcde/",
+            &too_long,
+        ];
+        for uid in refused {
+            let err = with_uid(uid).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some("metadata.uid"), "{uid:?}: {err}");
+            assert_eq!(err.reason, "FailedValidation", "{uid:?}");
+        }
+        let huge = with_uid(&"/".repeat(10_000)).unwrap_err();
+        assert!(huge.message.len() < 400, "{huge}");
+    }
+
+    #[test]
+    fn parse_and_validation_errors_have_their_reasons() {
+        let err = parse(&WEB.replace("kind: Pod", "kind: Service")).unwrap_err();
+        assert_eq!(err.reason, "FailedParse");
+        let err = parse(&WEB.replace("name: web", "name: Web_1")).unwrap_err();
+        assert_eq!(err.reason, "FailedValidation");
+    }
+
+    #[test]
+    fn volume_names_hostname_and_subdomain_are_dns_labels() {
+        let volumes = |names: &str| {
+            let list: String = names
+                .split(',')
+                .map(|n| format!("  - name: {n:?}\n    emptyDir: {{}}\n"))
+                .collect();
+            parse(&WEB.replace(
+                "  containers:\n",
+                &format!("  volumes:\n{list}  containers:\n"),
+            ))
+        };
+        volumes("cache,data-1").unwrap();
+        for (names, field) in [
+            ("../x", "spec.volumes[0].name"),
+            ("ok,a/b", "spec.volumes[1].name"),
+            ("..", "spec.volumes[0].name"),
+            ("Cache", "spec.volumes[0].name"),
+            ("a,a", "spec.volumes[a].name"),
+        ] {
+            let err = volumes(names).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{names}: {err}");
+            assert_eq!(err.reason, "FailedValidation");
+        }
+        for field in ["hostname", "subdomain"] {
+            let spec =
+                |value: &str| WEB.replace("spec:\n", &format!("spec:\n  {field}: {value:?}\n"));
+            parse(&spec("db-0")).unwrap();
+            let err = parse(&spec("../etc")).unwrap_err();
+            assert_eq!(err.field, Some(format!("spec.{field}")));
+        }
     }
 
     #[test]

@@ -130,7 +130,7 @@ impl ManifestSource {
         if let Some(reason) = permissions::insecure_reason(path) {
             let message =
                 format!("refused: {reason}; manifests must be root's and writable only by root");
-            return self.set_error(path, Vec::new(), message);
+            return self.set_error(path, Vec::new(), "FailedParse", message);
         }
         let content = match read_limited(path) {
             Ok(content) => content,
@@ -139,7 +139,7 @@ impl ManifestSource {
                 self.files.remove(path);
                 return;
             }
-            Err(e) => return self.set_error(path, Vec::new(), e.to_string()),
+            Err(e) => return self.set_error(path, Vec::new(), "FailedParse", e.to_string()),
         };
         let record = self.files.entry(path.to_path_buf()).or_default();
         if record.content == content && (record.last_good.is_some() || record.error.is_some()) {
@@ -163,13 +163,13 @@ impl ManifestSource {
                 info!(file = %path.display(), pod = %pod.name(), namespace = %pod.namespace(), uid = %pod.uid(), "manifest read");
                 record.last_good = Some(Arc::new(pod));
             }
-            Err(e) => self.set_error(path, content, e.to_string()),
+            Err(e) => self.set_error(path, content, e.reason, e.to_string()),
         }
     }
 
-    /// Records that `path` does not currently give a pod; the last good
-    /// version, if any, stays.
-    fn set_error(&mut self, path: &Path, content: Vec<u8>, message: String) {
+    /// Records that `path` does not currently give a pod, with a Warning
+    /// event of `reason`; the last good version, if any, stays.
+    fn set_error(&mut self, path: &Path, content: Vec<u8>, reason: &'static str, message: String) {
         let record = self.files.entry(path.to_path_buf()).or_default();
         // New broken content with the same error is recorded again (the
         // event log counts it); only re-reading the same bytes is not.
@@ -194,7 +194,7 @@ impl ManifestSource {
         self.recorder.record(
             ObjectRef::manifest_file(path),
             EventType::Warning,
-            "FailedParse",
+            reason,
             format!("{}: {message}{note}", path.display()),
         );
         record.error = Some(message);
@@ -524,6 +524,22 @@ mod tests {
         source.sync();
         assert_eq!(reasons(&mut events), ["FailedValidation"]);
         assert_eq!(names(&reader), ["web-node1"]);
+    }
+
+    #[test]
+    fn a_refused_value_is_a_failed_validation_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = POD
+            .replace("NAME", "web")
+            .replace("  name: web\n", "  name: web\n  uid: /var/lib\n");
+        std::fs::write(dir.path().join("web.yaml"), text).unwrap();
+        let (mut source, reader, mut events) = source_with_events(dir.path());
+        source.sync();
+        assert!(reader.snapshot().pods.is_empty());
+        let event = events.try_recv().unwrap();
+        assert_eq!(event.reason, "FailedValidation");
+        let prefix = format!("{}: metadata.uid: ", dir.path().join("web.yaml").display());
+        assert!(event.message.starts_with(&prefix), "{}", event.message);
     }
 
     #[test]
