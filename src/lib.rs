@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod desired;
+pub mod host;
 pub mod images;
 pub mod logs;
 pub mod manifest;
