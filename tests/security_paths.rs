@@ -10,9 +10,10 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::agent::{Agent, BUSYBOX, NODE};
+use common::agent::{start_with_busybox, Agent, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
 use common::tasks::tasks;
 use serde_json::Value;
@@ -82,12 +83,7 @@ fn a_uid_that_is_a_path_is_refused_and_deletes_nothing() {
     if !e2e_enabled("a_uid_that_is_a_path_is_refused_and_deletes_nothing") {
         return;
     }
-    let containerd = PrivateContainerd::start().expect("starting containerd");
-    let namespace = "e2e-security-paths";
-    containerd
-        .import_busybox(namespace, BUSYBOX)
-        .expect("importing busybox");
-    let mut agent = Agent::start(&containerd, namespace).expect("starting the agent");
+    let (containerd, mut agent) = start_with_busybox("e2e-security-paths");
     agent
         .restart_with_flags(&["--manifest-resync-seconds", "1"])
         .expect("restarting the agent with a short re-list");
@@ -166,4 +162,61 @@ fn a_uid_that_is_a_path_is_refused_and_deletes_nothing() {
     assert_untouched(&relative, &agent);
     assert_eq!(task_pid(&containerd, &agent, "-c-app-"), keep_pid);
     assert!(agent.is_running(), "the agent exited:\n{}", agent.log());
+}
+
+/// A bind mount the test made; unmounted when dropped, whatever happened.
+struct BindMount(std::path::PathBuf);
+
+impl BindMount {
+    fn new(source: &Path, target: &Path) -> BindMount {
+        let status = Command::new("mount")
+            .arg("--bind")
+            .args([source, target])
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mount --bind: {status}");
+        BindMount(target.to_path_buf())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn removing_a_pod_never_empties_a_mount_inside_its_directory() {
+    if !e2e_enabled("removing_a_pod_never_empties_a_mount_inside_its_directory") {
+        return;
+    }
+    let (containerd, agent) = start_with_busybox("e2e-security-mount");
+    agent.write_manifest("web.yaml", &pod("web", None));
+    let name = format!("web-{NODE}");
+    agent.wait_running(&name, 1, Duration::from_secs(60));
+    let uid = agent.pod(&name).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A host directory bind-mounted into the pod's state directory (a stray
+    // mount an operator or a tool left there).
+    let victim_dir = containerd.dir().join("victim-mounted");
+    victim(&victim_dir);
+    let stray = agent.state.join("pods").join(&uid).join("stray");
+    std::fs::create_dir(&stray).expect("creating the mount point");
+    let mount = BindMount::new(&victim_dir, &stray);
+
+    agent.remove_manifest("web.yaml");
+    agent.wait_until("the pod removed", Duration::from_secs(60), || {
+        agent.log().contains("pod removed")
+    });
+    assert!(tasks(&containerd, &agent.namespace).is_empty());
+    assert_untouched(&victim_dir, &agent);
+    let refused = agent
+        .log()
+        .lines()
+        .any(|l| l.contains("cannot remove the pod's files") && l.contains("mount point"));
+    assert!(refused, "no warning about the mount:\n{}", agent.log());
+    drop(mount);
 }

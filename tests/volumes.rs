@@ -22,12 +22,23 @@ fn pod(yaml: &str) -> DesiredPod {
     parse_manifest(yaml.as_bytes(), Path::new("/m/web.yaml"), "node1").expect("manifest")
 }
 
+/// `cleanup` of the volume root `root`, its parent trusted as the agent
+/// trusts its state directory.
+fn cleanup_at(root: &Path) -> std::io::Result<()> {
+    let name = root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a root name");
+    let parent = podkeeper::host::SafePath::base(root.parent().expect("a parent"));
+    cleanup(&parent.join(&[name]).expect("a plain name"))
+}
+
 /// Runs `cleanup` on drop, so a failing assertion leaves no tmpfs behind.
 struct CleanupGuard(PathBuf);
 
 impl Drop for CleanupGuard {
     fn drop(&mut self) {
-        if let Err(e) = cleanup(&self.0) {
+        if let Err(e) = cleanup_at(&self.0) {
             eprintln!("cleanup of {}: {e}", self.0.display());
         }
     }
@@ -100,7 +111,7 @@ fn memory_empty_dir_is_a_tmpfs_of_its_size_limit_and_cleanup_unmounts_it() {
         mount_points_under(&root)
     );
 
-    cleanup(&root).expect("cleanup");
+    cleanup_at(&root).expect("cleanup");
     assert!(
         mount_points_under(tmp.path()).is_empty(),
         "{:?}",
@@ -141,7 +152,7 @@ fn cleanup_unmounts_instead_of_deleting_through_a_bind_mount() {
     assert_eq!(rc, 0, "bind mount: {}", std::io::Error::last_os_error());
     assert!(target.join("keep").exists());
 
-    cleanup(&root).expect("cleanup");
+    cleanup_at(&root).expect("cleanup");
     assert!(!root.exists());
     assert!(mount_points_under(tmp.path()).is_empty());
     assert_eq!(
@@ -240,7 +251,7 @@ echo line > /logs/app.log && echo logs-ok";
     );
     assert!(!host.join("x").exists());
 
-    cleanup(&root).expect("cleanup");
+    cleanup_at(&root).expect("cleanup");
     assert!(!root.exists());
     assert_eq!(
         fs::read_to_string(host.join("conf/app.conf")).expect("host file kept"),

@@ -86,7 +86,9 @@ pub fn summary(
     pod_log_root: &std::path::Path,
 ) -> proto::PodSummary {
     let status = pod.status.clone().unwrap_or_default();
-    let log_dir = crate::pod::worker::pod_log_dir(pod_log_root, desired);
+    let log_dir = crate::pod::worker::pod_log_dir(pod_log_root, desired)
+        .map(|dir| dir.path())
+        .unwrap_or_default();
     let specs = pod
         .spec
         .as_ref()

@@ -198,14 +198,6 @@ fn validate(pod: &Pod) -> Result<(), ManifestError> {
             ));
         }
     }
-    for (field, value) in [
-        ("spec.hostname", &spec.hostname),
-        ("spec.subdomain", &spec.subdomain),
-    ] {
-        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
-            check_dns_label(field, value)?;
-        }
-    }
     if let Some(grace) = spec.termination_grace_period_seconds {
         if grace < 0 {
             return Err(ManifestError::invalid(
@@ -497,7 +489,7 @@ mod tests {
     }
 
     #[test]
-    fn volume_names_hostname_and_subdomain_are_dns_labels() {
+    fn volume_names_are_dns_labels_and_unique() {
         let volumes = |names: &str| {
             let list: String = names
                 .split(',')
@@ -519,13 +511,6 @@ mod tests {
             let err = volumes(names).unwrap_err();
             assert_eq!(err.field.as_deref(), Some(field), "{names}: {err}");
             assert_eq!(err.reason, "FailedValidation");
-        }
-        for field in ["hostname", "subdomain"] {
-            let spec =
-                |value: &str| WEB.replace("spec:\n", &format!("spec:\n  {field}: {value:?}\n"));
-            parse(&spec("db-0")).unwrap();
-            let err = parse(&spec("../etc")).unwrap_err();
-            assert_eq!(err.field, Some(format!("spec.{field}")));
         }
     }
 

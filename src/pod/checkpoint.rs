@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::plan::CrashBackoff;
 use super::state::{ContainerRecord, PodRecord, RunState};
+use crate::host::safe_path::{self, SafePath, UnsafeComponent};
 
 /// Marks the format, so a later one can tell old files apart.
 const VERSION: u32 = 1;
@@ -121,9 +122,11 @@ impl Checkpoint {
         }
     }
 
-    /// `<state-dir>/pods/<uid>.json`.
-    pub fn path(state_dir: &Path, uid: &str) -> PathBuf {
-        state_dir.join("pods").join(format!("{uid}.json"))
+    /// `<state-dir>/pods/<uid>.json`; a UID that is not one plain name
+    /// (it may come from a container's labels) is refused.
+    pub fn path(state_dir: &Path, uid: &str) -> Result<PathBuf, UnsafeComponent> {
+        let file = format!("{}.json", safe_path::check(uid)?);
+        Ok(SafePath::base(state_dir).join(&["pods", &file])?.path())
     }
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
@@ -213,7 +216,7 @@ mod tests {
     #[test]
     fn a_checkpoint_round_trips_through_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = Checkpoint::path(dir.path(), "uid-1");
+        let path = Checkpoint::path(dir.path(), "uid-1").unwrap();
         let clocks = Clocks::now();
         let original = record();
         Checkpoint::of(&original, clocks).save(&path).unwrap();
@@ -238,13 +241,20 @@ mod tests {
     #[test]
     fn a_missing_file_is_none_and_a_torn_one_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let path = Checkpoint::path(dir.path(), "uid-2");
+        let path = Checkpoint::path(dir.path(), "uid-2").unwrap();
         assert_eq!(Checkpoint::load(&path), Ok(None));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"{\"version\":1,\"contai").unwrap();
         assert!(Checkpoint::load(&path).unwrap_err().contains("uid-2.json"));
         Checkpoint::remove(&path).unwrap();
         Checkpoint::remove(&path).unwrap();
+    }
+
+    #[test]
+    fn a_uid_that_is_not_a_plain_name_has_no_checkpoint_path() {
+        for uid in ["/etc/passwd", "../x", "..", "", "a/b", "a\0"] {
+            Checkpoint::path(Path::new("/state"), uid).unwrap_err();
+        }
     }
 
     #[test]

@@ -29,6 +29,8 @@ struct State {
     exec_results: HashMap<String, VecDeque<Result<ExecOutput, String>>>,
     /// The next `run_container` of this container fails with this message.
     fail_next_run: Option<(String, String)>,
+    /// Containers whose ID contains this cannot be removed.
+    unremovable: Option<String>,
 }
 
 #[derive(Clone)]
@@ -110,6 +112,12 @@ impl FakeRuntime {
         }
     }
 
+    /// Removing container `container` fails from now on, as when
+    /// containerd cannot kill or delete its task.
+    pub fn make_unremovable(&self, container: &str) {
+        self.state().unremovable = Some(format!("-c-{container}-"));
+    }
+
     pub fn fail_next_run(&self, container: &str, message: &str) {
         self.state().fail_next_run = Some((format!("-c-{container}-"), message.into()));
     }
@@ -148,8 +156,15 @@ impl PodRuntime for FakeRuntime {
         self.environment(pod)
     }
 
-    async fn release_sandbox(&self, pod: &DesiredPod) {
-        self.state().calls.push(format!("release {}", pod.uid()));
+    async fn release_sandbox(&self, pod: &DesiredPod) -> bool {
+        let prefix = crate::runtime::labels::id_prefix(pod.uid());
+        let mut state = self.state();
+        if state.containers.keys().any(|id| id.starts_with(&prefix)) {
+            state.calls.push(format!("release-refused {}", pod.uid()));
+            return false;
+        }
+        state.calls.push(format!("release {}", pod.uid()));
+        true
     }
 
     fn log_target(&self, path: &std::path::Path) -> String {
@@ -227,15 +242,35 @@ impl PodRuntime for FakeRuntime {
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
         let mut state = self.state();
         state.calls.push(format!("remove {id}"));
+        if state
+            .unremovable
+            .as_ref()
+            .is_some_and(|u| id.contains(u.as_str()))
+        {
+            return Err(RuntimeError::Rpc {
+                op: "delete task",
+                object: id.into(),
+                status: tonic::Status::unknown("cannot kill the task"),
+            });
+        }
         state.containers.remove(id);
         Ok(())
     }
 
-    async fn remove_pod(&self, uid: &str) {
+    async fn remove_pod(&self, uid: &str) -> bool {
         let prefix = crate::runtime::labels::id_prefix(uid);
         let mut state = self.state();
         state.calls.push(format!("remove-pod {uid}"));
-        state.containers.retain(|id, _| !id.starts_with(&prefix));
+        let unremovable = state.unremovable.clone();
+        let stuck = |id: &str| {
+            unremovable
+                .as_ref()
+                .is_some_and(|u| id.contains(u.as_str()))
+        };
+        state
+            .containers
+            .retain(|id, _| !id.starts_with(&prefix) || stuck(id));
+        !state.containers.keys().any(|id| id.starts_with(&prefix))
     }
 
     async fn pod_containers(&self, uid: &str) -> Result<Vec<ExistingContainer>, RuntimeError> {

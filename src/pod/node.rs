@@ -3,7 +3,7 @@
 //! filesystem for volumes and shared files.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tracing::warn;
 use super::runtime::{ExistingContainer, PodRuntime, SandboxEnvironment, SandboxFailure};
 use super::volumes::{self, PreparedVolumes};
 use crate::desired::DesiredPod;
+use crate::host::{SafePath, UnsafeComponent};
 use crate::images::policy::{Ensured, ImageError, OnPull, PullPolicy};
 use crate::images::service::ImageService;
 use crate::logs::LogSettings;
@@ -55,9 +56,38 @@ pub struct NodeRuntime {
 impl NodeRuntime {
     /// Releases what a pod's sandbox held: its network (CNI DEL, then the
     /// namespace), hostPort claims, volumes, the pod's files, its cgroup.
-    async fn release(&self, holdings: &SandboxHoldings<'_>) {
-        let path = self.netns_path(holdings.uid);
-        let sandbox_id = labels::sandbox_id(holdings.uid);
+    /// Only once containerd has no container of the pod left (a container
+    /// that could not be removed may still run on them), and only under the
+    /// state directory (the UID may come from a container's labels).
+    /// Returns whether it released.
+    async fn release(&self, holdings: &SandboxHoldings<'_>) -> bool {
+        let uid = holdings.uid;
+        match self
+            .containerd
+            .list_containers(&labels::pod_filter(uid))
+            .await
+        {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) => {
+                warn!(pod = %holdings.name, uid, containers = left.len(), "containers of the pod remain; not releasing what its sandbox holds");
+                return false;
+            }
+            Err(e) => {
+                warn!(pod = %holdings.name, uid, error = %e, "cannot list the pod's containers; not releasing what its sandbox holds");
+                return false;
+            }
+        }
+        let (path, files) = match self.netns_path(uid).and_then(|path| {
+            let files = PodFiles::new(&self.settings.state_dir, uid)?;
+            Ok((path, files))
+        }) {
+            Ok(paths) => paths,
+            Err(e) => {
+                warn!(pod = %holdings.name, error = %e, "not releasing a pod whose UID cannot name its directories");
+                return false;
+            }
+        };
+        let sandbox_id = labels::sandbox_id(uid);
         // Nothing to undo for a pod that never got a network (the usual case
         // when a worker starts): running the CNI DEL chain would cost
         // several plugin processes per pod start.
@@ -78,9 +108,8 @@ impl NodeRuntime {
                 warn!(pod = %holdings.name, error = %e, "cannot remove the network namespace");
             }
         }
-        self.release_ports(holdings.uid);
-        let files = PodFiles::new(&self.settings.state_dir, holdings.uid);
-        if let Err(e) = volumes::cleanup(&files.volumes()) {
+        self.release_ports(uid);
+        if let Err(e) = volumes::cleanup(files.volumes()) {
             warn!(pod = %holdings.name, error = %e, "cannot clean up the pod's volumes");
         }
         if let Err(e) = pod_files::cleanup(&files) {
@@ -91,6 +120,7 @@ impl NodeRuntime {
                 warn!(pod = %holdings.name, error = %e, "cannot remove the pod cgroup");
             }
         }
+        true
     }
 
     pub fn new(
@@ -114,11 +144,11 @@ impl NodeRuntime {
         }
     }
 
-    fn netns_path(&self, uid: &str) -> PathBuf {
-        self.settings
-            .state_dir
-            .join("netns")
-            .join(labels::sandbox_id(uid))
+    fn netns_path(&self, uid: &str) -> Result<PathBuf, UnsafeComponent> {
+        let name = labels::sandbox_id(uid);
+        Ok(SafePath::base(&self.settings.state_dir)
+            .join(&["netns", &name])?
+            .path())
     }
 
     fn claim_ports(&self, pod: &DesiredPod, wanted: &[PortMapping]) -> Result<(), String> {
@@ -147,8 +177,9 @@ impl NodeRuntime {
             .map_err(|e| sandbox_failed(e.to_string()))?;
         cgroups::ensure_pod_cgroup(&cgroup, self.cgroup_version)
             .map_err(|e| sandbox_failed(format!("creating the pod cgroup {}: {e}", cgroup.path)))?;
-        let files = PodFiles::new(&self.settings.state_dir, pod.uid());
-        let volumes = volumes::prepare(pod, &files.volumes())
+        let files = PodFiles::new(&self.settings.state_dir, pod.uid())
+            .map_err(|e| sandbox_failed(format!("metadata.uid: {e}")))?;
+        let volumes = volumes::prepare(pod, &files.volumes().path())
             .map_err(|e| failure("FailedMount", format!("MountVolume failed: {e}")))?;
         Ok(LocalParts {
             qos,
@@ -284,7 +315,10 @@ impl<'a> SandboxHoldings<'a> {
             .as_ref()
             .and_then(|s| s["linux"]["cgroupsPath"].as_str())
             .and_then(|path| Path::new(path).parent())
-            .filter(|parent| parent.starts_with(cgroup_root))
+            .filter(|parent| {
+                let plain = |c: Component| matches!(c, Component::RootDir | Component::Normal(_));
+                parent.starts_with(cgroup_root) && parent.components().all(plain)
+            })
             .map(|parent| parent.to_string_lossy().into_owned());
         SandboxHoldings {
             uid,
@@ -367,7 +401,7 @@ impl PodRuntime for NodeRuntime {
         .map_err(|e| {
             sandbox_failed(format!(
                 "writing the pod's files in {}: {e}",
-                files.dir.display()
+                files.dir().display()
             ))
         })?;
         if resolv.missing_cluster_dns {
@@ -389,7 +423,9 @@ impl PodRuntime for NodeRuntime {
         if spec.host_network.unwrap_or(false) {
             facts.pod_ip = self.settings.host_ip.clone();
         } else {
-            let path = self.netns_path(pod.uid());
+            let path = self
+                .netns_path(pod.uid())
+                .map_err(|e| sandbox_failed(format!("metadata.uid: {e}")))?;
             if !netns::is_netns(&path) {
                 return Err(sandbox_failed(format!(
                     "the pod's network namespace {} is gone",
@@ -408,9 +444,9 @@ impl PodRuntime for NodeRuntime {
         Ok(parts.environment(facts, netns_path, self.min_oom_score_adj))
     }
 
-    async fn release_sandbox(&self, pod: &DesiredPod) {
+    async fn release_sandbox(&self, pod: &DesiredPod) -> bool {
         let holdings = SandboxHoldings::of_pod(pod, &self.settings.cgroup_root);
-        self.release(&holdings).await;
+        self.release(&holdings).await
     }
 
     fn log_target(&self, path: &Path) -> String {
@@ -470,31 +506,37 @@ impl PodRuntime for NodeRuntime {
         self.containerd.remove_container(id).await
     }
 
-    async fn remove_pod(&self, uid: &str) {
+    async fn remove_pod(&self, uid: &str) -> bool {
         let runtime = &self.containerd;
         let containers = match runtime.list_containers(&labels::pod_filter(uid)).await {
             Ok(containers) => containers,
             Err(e) => {
                 warn!(uid, error = %e, "cannot list the pod's containers");
-                return;
+                return false;
             }
         };
         let (sandboxes, apps): (Vec<_>, Vec<_>) = containers.into_iter().partition(|c| {
             c.labels.get(labels::KIND).map(String::as_str) == Some(labels::KIND_SANDBOX)
         });
+        let mut removed_all = true;
         for group in [&apps, &sandboxes] {
             let removals = group.iter().map(|c| runtime.remove_container(&c.id));
             for (c, result) in group.iter().zip(futures::future::join_all(removals).await) {
                 if let Err(e) = result {
                     warn!(container = %c.id, error = %e, "cannot remove container");
+                    removed_all = false;
                 }
             }
         }
         // No desired pod to say what its sandbox held: the sandbox
-        // container does.
-        if let Some(sandbox) = sandboxes.first() {
-            let holdings = SandboxHoldings::of_sandbox(uid, sandbox, &self.settings.cgroup_root);
-            self.release(&holdings).await;
+        // container does. `release` refuses while any container is left.
+        match sandboxes.first() {
+            Some(sandbox) => {
+                let holdings =
+                    SandboxHoldings::of_sandbox(uid, sandbox, &self.settings.cgroup_root);
+                self.release(&holdings).await
+            }
+            None => removed_all,
         }
     }
 

@@ -89,8 +89,10 @@ pub trait PodRuntime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<SandboxEnvironment, SandboxFailure>> + Send;
 
     /// Undoes [`PodRuntime::prepare_sandbox`]; idempotent, also for a pod
-    /// that was only partly prepared.
-    fn release_sandbox(&self, pod: &DesiredPod) -> impl Future<Output = ()> + Send;
+    /// that was only partly prepared. Refused (`false`) while any container
+    /// of the pod is left: its volumes, files and network must not go from
+    /// under a process that may still use them.
+    fn release_sandbox(&self, pod: &DesiredPod) -> impl Future<Output = bool> + Send;
 
     /// The stdout/stderr target for a container whose log file is `path`.
     fn log_target(&self, path: &Path) -> String;
@@ -133,8 +135,9 @@ pub trait PodRuntime: Send + Sync + 'static {
 
     /// Removes every container labelled with this pod UID, app containers
     /// before the sandbox, then what the sandbox held (network, volumes,
-    /// the pod's files, cgroup): for pods no worker knows.
-    fn remove_pod(&self, uid: &str) -> impl Future<Output = ()> + Send;
+    /// the pod's files, cgroup): for pods no worker knows. `true` once no
+    /// container of the pod is left and what the sandbox held is released.
+    fn remove_pod(&self, uid: &str) -> impl Future<Output = bool> + Send;
 
     /// Every container of the pod, with its task's state.
     fn pod_containers(

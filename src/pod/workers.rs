@@ -166,8 +166,14 @@ impl<R: PodRuntime> Workers<R> {
             let runtime = self.ctx.runtime.clone();
             let checkpoint = Checkpoint::path(&self.ctx.state_dir, &uid);
             tokio::spawn(async move {
-                runtime.remove_pod(&uid).await;
-                if let Err(e) = Checkpoint::remove(&checkpoint) {
+                // The checkpoint stays with containers that could not go.
+                if !runtime.remove_pod(&uid).await {
+                    return;
+                }
+                let removed = checkpoint
+                    .map_err(std::io::Error::other)
+                    .and_then(|path| Checkpoint::remove(&path));
+                if let Err(e) = removed {
                     warn!(uid = %uid, error = %e, "cannot remove the pod's checkpoint");
                 }
             });

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::PodSpec;
 
 use crate::desired::DesiredPod;
+use crate::host::{remove_tree, SafePath, UnsafeComponent};
 
 /// containerd's `defaultShmSize`.
 pub const SHM_SIZE: u64 = 64 << 20;
@@ -23,30 +24,39 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// Where a pod's shared files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodFiles {
-    pub dir: PathBuf,
+    dir: SafePath,
+    volumes: SafePath,
 }
 
 impl PodFiles {
-    pub fn new(state_dir: &Path, uid: &str) -> PodFiles {
-        PodFiles {
-            dir: state_dir.join("pods").join(uid),
-        }
+    /// `<state-dir>/pods/<uid>`. The UID also comes from containerd's
+    /// labels (for pods no manifest names any more), so it is checked here
+    /// too: one that is not a plain name is refused.
+    pub fn new(state_dir: &Path, uid: &str) -> Result<PodFiles, UnsafeComponent> {
+        let dir = SafePath::base(state_dir).join(&["pods", uid])?;
+        Ok(PodFiles {
+            volumes: dir.join(&["volumes"])?,
+            dir,
+        })
+    }
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path()
     }
     pub fn hosts(&self) -> PathBuf {
-        self.dir.join("etc-hosts")
+        self.dir().join("etc-hosts")
     }
     pub fn resolv_conf(&self) -> PathBuf {
-        self.dir.join("resolv.conf")
+        self.dir().join("resolv.conf")
     }
     pub fn hostname(&self) -> PathBuf {
-        self.dir.join("hostname")
+        self.dir().join("hostname")
     }
     pub fn shm(&self) -> PathBuf {
-        self.dir.join("shm")
+        self.dir().join("shm")
     }
     /// Root of the pod's volumes.
-    pub fn volumes(&self) -> PathBuf {
-        self.dir.join("volumes")
+    pub fn volumes(&self) -> &SafePath {
+        &self.volumes
     }
 }
 
@@ -193,7 +203,7 @@ pub fn prepare(
     hostname: &str,
     host_ipc: bool,
 ) -> std::io::Result<()> {
-    std::fs::create_dir_all(&files.dir)?;
+    std::fs::create_dir_all(files.dir())?;
     write_atomically(&files.hosts(), hosts)?;
     write_atomically(&files.resolv_conf(), resolv)?;
     write_atomically(&files.hostname(), &format!("{hostname}\n"))?;
@@ -204,15 +214,13 @@ pub fn prepare(
     Ok(())
 }
 
-/// Unmounts `/dev/shm` and removes the pod's directory. Missing is fine.
+/// Unmounts `/dev/shm` and removes the pod's directory without following
+/// symlinks or crossing mounts (see [`remove_tree`]). Missing is fine.
 pub fn cleanup(files: &PodFiles) -> std::io::Result<()> {
     if is_mount_point(&files.shm()).unwrap_or(false) {
         unmount(&files.shm())?;
     }
-    match std::fs::remove_dir_all(&files.dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    remove_tree(&files.dir)
 }
 
 fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
@@ -257,7 +265,7 @@ fn mount_tmpfs(path: &Path, size: u64) -> std::io::Result<()> {
 fn unmount(path: &Path) -> std::io::Result<()> {
     let target = c_path(path)?;
     // SAFETY: a valid NUL-terminated path.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -347,12 +355,37 @@ mod tests {
     #[test]
     fn prepared_files_land_in_the_pod_dir_and_cleanup_removes_them() {
         let dir = tempfile::tempdir().unwrap();
-        let files = PodFiles::new(dir.path(), "uid1");
+        let files = PodFiles::new(dir.path(), "uid1").unwrap();
         prepare(&files, "hosts\n", "nameserver 1.1.1.1\n", "web", true).unwrap();
         assert_eq!(std::fs::read_to_string(files.hostname()).unwrap(), "web\n");
         assert_eq!(std::fs::read_to_string(files.hosts()).unwrap(), "hosts\n");
         cleanup(&files).unwrap();
-        assert!(!files.dir.exists());
+        assert!(!files.dir().exists());
         cleanup(&files).unwrap();
+    }
+
+    #[test]
+    fn a_uid_that_is_not_a_plain_name_gets_no_pod_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        for uid in [victim.to_str().unwrap(), "../..", "..", "", "a/b"] {
+            PodFiles::new(&dir.path().join("state"), uid).unwrap_err();
+        }
+        assert!(victim.is_dir());
+    }
+
+    #[test]
+    fn cleanup_never_follows_a_symlink_out_of_the_pod_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("keep"), "x").unwrap();
+        let files = PodFiles::new(&dir.path().join("state"), "uid1").unwrap();
+        prepare(&files, "", "", "web", true).unwrap();
+        std::os::unix::fs::symlink(&victim, files.dir().join("to-victim")).unwrap();
+        cleanup(&files).unwrap();
+        assert!(!files.dir().exists());
+        assert_eq!(std::fs::read_to_string(victim.join("keep")).unwrap(), "x");
     }
 }

@@ -364,6 +364,8 @@ fn log_target(
         restart
     };
     let path = crate::pod::worker::pod_log_dir(&state.pod_log_dir, desired)
+        .map_err(|e| e.to_string())?
+        .path()
         .join(&container)
         .join(format!("{restart}.log"));
     if !path.exists() {

@@ -1,32 +1,47 @@
-//! Removing a pod's volume root: unmounting what is mounted under it and
-//! deleting the tree without following symlinks.
+//! Removing a pod's volume root: unmounting what is mounted under it, then
+//! deleting the tree through file descriptors ([`remove_tree`]).
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::{fs, io};
 
 use super::local::unmount;
+use crate::host::{remove_tree, SafePath};
 
 /// Unmounts every mount at or under `root` (tmpfs emptyDirs, or anything
 /// else left there) with MNT_DETACH, then removes `root` without following
 /// symlinks and without descending into another filesystem, so hostPath
 /// content (never under `root`, but reachable through a symlink or a stray
-/// bind mount) is never touched. A missing `root` is fine.
-pub fn cleanup(root: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(root) {
+/// bind mount) is never touched. A missing `root` is fine; a `root` that is
+/// not the directory its components name (a symlink on the way) is refused
+/// before anything is unmounted.
+pub fn cleanup(root: &SafePath) -> io::Result<()> {
+    let path = root.path();
+    match fs::symlink_metadata(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
         Ok(meta) if !meta.is_dir() => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} is not a directory; not removing it", root.display()),
+                format!("{} is not a directory; not removing it", path.display()),
             ))
         }
         Ok(_) => {}
     }
-    let real = fs::canonicalize(root)?;
+    let real = fs::canonicalize(&path)?;
+    let mut expected = fs::canonicalize(root.trusted())?;
+    expected.extend(root.components());
+    if real != expected {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} leads to {} through a symlink; not removing it",
+                path.display(),
+                real.display()
+            ),
+        ));
+    }
     // Stacked mounts need one unmount each; a few rounds cover them.
     for _ in 0..8 {
         let mut mounted = mounts_at_or_under(&real)?;
@@ -52,7 +67,7 @@ pub fn cleanup(root: &Path) -> io::Result<()> {
     if !left.is_empty() {
         return Err(io::Error::other(format!(
             "not removing {}: still mounted: {left:?}",
-            root.display()
+            path.display()
         )));
     }
     remove_tree(root)
@@ -94,44 +109,6 @@ fn unescape_mount_point(field: &str) -> PathBuf {
     PathBuf::from(OsString::from_vec(out))
 }
 
-/// Removes a directory tree like `rm -r --one-file-system`: symlinks are
-/// removed, never followed, and a directory on another device (a mount
-/// point) is an error instead of being emptied.
-pub(super) fn remove_tree(root: &Path) -> io::Result<()> {
-    let meta = match fs::symlink_metadata(root) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        other => other?,
-    };
-    if !meta.is_dir() {
-        return fs::remove_file(root);
-    }
-    remove_dir_contents(root, meta.dev())?;
-    fs::remove_dir(root)
-}
-
-fn remove_dir_contents(dir: &Path, dev: u64) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let meta = match fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            other => other?,
-        };
-        if meta.is_dir() {
-            if meta.dev() != dev {
-                return Err(io::Error::other(format!(
-                    "{} is on another filesystem (a mount point); not removing it",
-                    path.display()
-                )));
-            }
-            remove_dir_contents(&path, dev)?;
-            fs::remove_dir(&path)?;
-        } else {
-            fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use crate::pod::volumes::test_support::*;
@@ -147,7 +124,10 @@ mod tests {
         let host = tmp.path().join("host");
         fs::create_dir(&host).unwrap();
         fs::write(host.join("keep"), "precious").unwrap();
-        let root = tmp.path().join("pods/uid/volumes");
+        let safe_root = SafePath::base(tmp.path())
+            .join(&["pods", "uid", "volumes"])
+            .unwrap();
+        let root = safe_root.path();
         let volumes = format!(
             "  - name: cache\n    emptyDir: {{}}\n  - name: info\n    downwardAPI: {{items: [{{path: n, fieldRef: {{fieldPath: metadata.name}}}}]}}\n{}",
             host_path("h", &host, "Directory")
@@ -159,7 +139,7 @@ mod tests {
         fs::write(cache.join("deep/er/file"), "x").unwrap();
         symlink(&host, cache.join("to-host-dir")).unwrap();
         symlink(host.join("keep"), cache.join("deep/to-host-file")).unwrap();
-        cleanup(&root).unwrap();
+        cleanup(&safe_root).unwrap();
         assert!(!root.exists());
         assert!(
             tmp.path().join("pods/uid").is_dir(),
@@ -167,8 +147,8 @@ mod tests {
         );
         assert_eq!(fs::read_to_string(host.join("keep")).unwrap(), "precious");
         // Again, and for a root that never existed.
-        cleanup(&root).unwrap();
-        cleanup(&tmp.path().join("never")).unwrap();
+        cleanup(&safe_root).unwrap();
+        cleanup(&SafePath::base(tmp.path()).join(&["never"]).unwrap()).unwrap();
     }
 
     #[test]
@@ -178,8 +158,15 @@ mod tests {
         fs::create_dir(&host).unwrap();
         fs::write(host.join("keep"), "x").unwrap();
         symlink(&host, tmp.path().join("root")).unwrap();
-        cleanup(&tmp.path().join("root")).unwrap_err();
+        let root = SafePath::base(tmp.path()).join(&["root"]).unwrap();
+        cleanup(&root).unwrap_err();
         assert!(host.join("keep").exists());
+        // A symlink further up: nothing under its target is unmounted or
+        // removed.
+        fs::create_dir(host.join("volumes")).unwrap();
+        fs::write(host.join("volumes/keep"), "x").unwrap();
+        cleanup(&root.join(&["volumes"]).unwrap()).unwrap_err();
+        assert!(host.join("volumes/keep").exists());
     }
 
     #[test]

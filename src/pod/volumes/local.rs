@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
 
+use crate::host::{remove_tree, SafePath};
 use crate::runtime::quantity;
 
-use super::cleanup::remove_tree;
 use super::{
     Plan, PreparedVolume, VolumeError, VolumeKind, DOWNWARD_API, DOWNWARD_DIR_MODE, EMPTY_DIR,
     EMPTY_DIR_MODE, ROOT_MODE,
@@ -72,7 +72,7 @@ impl Undo {
     pub(super) fn run(self) {
         for step in self.steps.into_iter().rev() {
             let result = match &step {
-                UndoStep::Remove(path) => remove_tree(path),
+                UndoStep::Remove(path) => remove_created(path),
                 UndoStep::Unmount(path) => unmount(path, 0),
             };
             if let Err(e) = result {
@@ -83,6 +83,19 @@ impl Undo {
             }
         }
     }
+}
+
+/// Removes a directory this call created, by descriptor as every tree
+/// under the volume root is removed: a container may have written to it.
+fn remove_created(path: &Path) -> io::Result<()> {
+    let name = path.file_name().and_then(|name| name.to_str());
+    let (Some(parent), Some(name)) = (path.parent(), name) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    let dir = SafePath::base(parent)
+        .join(&[name])
+        .map_err(io::Error::other)?;
+    remove_tree(&dir)
 }
 
 /// Creates `dir` with `mode` (exactly, whatever the umask) and its missing
@@ -167,7 +180,7 @@ pub(super) fn prepare_local(
                 kind: VolumeKind::HostPath(*typ),
             },
             Plan::EmptyDir { tmpfs } => {
-                let dir = root.join(EMPTY_DIR).join(name);
+                let dir = volume_dir(root, EMPTY_DIR, name, &field)?;
                 create_dir(&dir, EMPTY_DIR_MODE, ROOT_MODE, undo)
                     .map_err(|e| error("creating", &dir, e))?;
                 if let Some(size) = tmpfs {
@@ -188,7 +201,7 @@ pub(super) fn prepare_local(
                 }
             }
             Plan::DownwardApi { files } => {
-                let dir = root.join(DOWNWARD_API).join(name);
+                let dir = volume_dir(root, DOWNWARD_API, name, &field)?;
                 create_dir(&dir, DOWNWARD_DIR_MODE, ROOT_MODE, undo)
                     .map_err(|e| error("creating", &dir, e))?;
                 for file in files {
@@ -206,6 +219,13 @@ pub(super) fn prepare_local(
         prepared.insert(name.to_string(), volume);
     }
     Ok(prepared)
+}
+
+/// `<root>/<kind>/<name>`, the volume name checked to be one plain name.
+fn volume_dir(root: &Path, kind: &str, name: &str, field: &str) -> Result<PathBuf, VolumeError> {
+    let dir = SafePath::base(root).join(&[kind, name]);
+    dir.map(|dir| dir.path())
+        .map_err(|e| VolumeError::new(field, e.to_string()))
 }
 
 /// Replaces `dir/rel` with a file of `content` and exactly `mode` (no

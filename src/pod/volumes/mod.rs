@@ -384,11 +384,20 @@ mod tests {
     #[test]
     fn volume_names_are_dns_labels_and_unique() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = prepare_one("  - name: \"../x\"\n    emptyDir: {}\n", tmp.path()).unwrap_err();
-        assert_eq!(err.field, "spec.volumes[0].name");
-        let twice = "  - name: a\n    emptyDir: {}\n  - name: a\n    emptyDir: {}\n";
-        let err = prepare_one(twice, tmp.path()).unwrap_err();
-        assert_eq!(err.field, "spec.volumes[a].name");
+        // Manifests are validated before this; a pod built otherwise is not.
+        let renamed = |names: [&str; 2]| {
+            let mut p = pod(
+                "  - name: a\n    emptyDir: {}\n  - name: b\n    emptyDir: {}\n",
+                "      []\n",
+            );
+            let volumes = p.pod.spec.as_mut().unwrap().volumes.as_mut().unwrap();
+            for (volume, name) in volumes.iter_mut().zip(names) {
+                volume.name = name.into();
+            }
+            prepare(&p, tmp.path()).unwrap_err()
+        };
+        assert_eq!(renamed(["../x", "b"]).field, "spec.volumes[0].name");
+        assert_eq!(renamed(["a", "a"]).field, "spec.volumes[a].name");
     }
 
     #[test]

@@ -24,8 +24,11 @@ use crate::status::events::EventType;
 
 impl<R: PodRuntime> Worker<R> {
     pub(super) async fn adopt(&mut self) {
-        let path = self.checkpoint_path();
-        match Checkpoint::load(&path) {
+        let loaded = self
+            .checkpoint_path()
+            .map_err(|e| e.to_string())
+            .and_then(|path| Checkpoint::load(&path));
+        match loaded {
             Ok(Some(checkpoint)) => checkpoint.restore(&mut self.record, Clocks::now()),
             Ok(None) => {}
             Err(e) => {
@@ -166,7 +169,9 @@ impl<R: PodRuntime> Worker<R> {
         (keep, exited_task)
     }
 
-    pub(super) fn checkpoint_path(&self) -> std::path::PathBuf {
+    pub(super) fn checkpoint_path(
+        &self,
+    ) -> Result<std::path::PathBuf, crate::host::UnsafeComponent> {
         Checkpoint::path(&self.ctx.state_dir, self.pod.uid())
     }
 }

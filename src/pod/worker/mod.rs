@@ -30,6 +30,7 @@ use super::probe::{ContainerProbes, ProbeUpdate};
 use super::runtime::{PodRuntime, SandboxEnvironment, SandboxFailure};
 use super::state::{ContainerRecord, PodRecord, RunState};
 use crate::desired::DesiredPod;
+use crate::host::{remove_tree, SafePath, UnsafeComponent};
 use crate::metrics::POD_SYNCS;
 use crate::runtime::containerd::events::RuntimeEvent;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
@@ -223,7 +224,11 @@ impl<R: PodRuntime> Worker<R> {
     fn publish(&self) {
         self.ctx.status.set(self.pod.uid(), self.record.to_status());
         let checkpoint = Checkpoint::of(&self.record, Clocks::now());
-        if let Err(e) = checkpoint.save(&self.checkpoint_path()) {
+        let saved = self
+            .checkpoint_path()
+            .map_err(std::io::Error::other)
+            .and_then(|path| checkpoint.save(&path));
+        if let Err(e) = saved {
             warn!(pod = %self.pod.name(), error = %e, "cannot save the pod's checkpoint");
         }
     }
@@ -298,6 +303,7 @@ impl<R: PodRuntime> Worker<R> {
         if created {
             let _ = runtime.remove_container(&self.sandbox_id).await;
         }
+        // Refused by the runtime while the sandbox container is still there.
         runtime.release_sandbox(&self.pod).await;
         let wait = self.record.sandbox_retry.failed(Instant::now());
         warn!(pod = %self.pod.name(), file = %self.pod.source.display(), reason = failure.reason, "cannot create the pod sandbox: {}; retrying in {wait:?}", failure.message);
@@ -308,7 +314,7 @@ impl<R: PodRuntime> Worker<R> {
         self.record_pod_event(EventType::Warning, failure.reason, &message);
     }
 
-    fn pod_log_dir(&self) -> PathBuf {
+    fn pod_log_dir(&self) -> Result<SafePath, UnsafeComponent> {
         pod_log_dir(&self.ctx.pod_log_dir, &self.pod)
     }
 
@@ -399,6 +405,7 @@ impl<R: PodRuntime> Worker<R> {
             "Pod sandbox changed, it will be killed and re-created.",
         );
         self.probes.clear();
+        // Releasing is the runtime's to refuse while a container remains.
         self.ctx.runtime.remove_pod(self.pod.uid()).await;
         self.ctx.runtime.release_sandbox(&self.pod).await;
         self.environment = None;
@@ -472,7 +479,10 @@ impl<R: PodRuntime> Worker<R> {
     }
 
     /// Stops the containers (in parallel, each as [`Worker::kill_container`]
-    /// does), then the sandbox, and removes every object of the pod.
+    /// does), then the sandbox, and removes every object of the pod. The
+    /// pod's directories (volumes, files, logs) and checkpoint go only once
+    /// its containers are gone: a container left running keeps what it
+    /// stands on, and the next start of the agent collects it as an orphan.
     async fn stop_pod(&mut self) {
         self.probes.clear();
         // App containers first, then sidecars and a running init container,
@@ -495,15 +505,24 @@ impl<R: PodRuntime> Worker<R> {
                 .stop_container(&self.sandbox_id, libc::SIGTERM, SANDBOX_STOP_TIMEOUT)
                 .await;
         }
-        runtime.remove_pod(self.pod.uid()).await;
-        runtime.release_sandbox(&self.pod).await;
-        if let Err(e) = Checkpoint::remove(&self.checkpoint_path()) {
+        let gone = runtime.remove_pod(self.pod.uid()).await;
+        if !(gone && runtime.release_sandbox(&self.pod).await) {
+            warn!(pod = %self.pod.name(), "containers of the pod remain; keeping its directories and checkpoint");
+            return;
+        }
+        let removed = self
+            .checkpoint_path()
+            .map_err(std::io::Error::other)
+            .and_then(|path| Checkpoint::remove(&path));
+        if let Err(e) = removed {
             warn!(pod = %self.pod.name(), error = %e, "cannot remove the pod's checkpoint");
         }
-        if let Err(e) = std::fs::remove_dir_all(self.pod_log_dir()) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(pod = %self.pod.name(), error = %e, "cannot remove the pod's log directory");
-            }
+        let removed = self
+            .pod_log_dir()
+            .map_err(std::io::Error::other)
+            .and_then(|dir| remove_tree(&dir));
+        if let Err(e) = removed {
+            warn!(pod = %self.pod.name(), error = %e, "cannot remove the pod's log directory");
         }
     }
 
@@ -531,9 +550,11 @@ fn sandbox_resources() -> oci_spec::runtime::LinuxResources {
     limits
 }
 
-/// The kubelet's per-pod log directory.
-pub fn pod_log_dir(root: &std::path::Path, pod: &DesiredPod) -> PathBuf {
-    root.join(format!("{}_{}_{}", pod.namespace(), pod.name(), pod.uid()))
+/// The kubelet's per-pod log directory, `<root>/<namespace>_<name>_<uid>`;
+/// refused if those do not make one plain name.
+pub fn pod_log_dir(root: &std::path::Path, pod: &DesiredPod) -> Result<SafePath, UnsafeComponent> {
+    let name = format!("{}_{}_{}", pod.namespace(), pod.name(), pod.uid());
+    SafePath::base(root).join(&[&name])
 }
 
 #[cfg(test)]

@@ -358,7 +358,11 @@ impl<R: PodRuntime> Worker<R> {
     /// kubelet removes them with their dead containers; the previous run's
     /// stay for `logs --previous`.
     fn prepare_log_file(&self, container: &str, restart: u32) -> std::io::Result<PathBuf> {
-        let dir = self.pod_log_dir().join(container);
+        let dir = self
+            .pod_log_dir()
+            .and_then(|pod_dir| pod_dir.join(&[container]))
+            .map_err(std::io::Error::other)?
+            .path();
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{restart}.log"));
         std::fs::OpenOptions::new()

@@ -338,6 +338,30 @@ async fn stopping_stops_containers_then_the_sandbox_and_removes_everything() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_pod_whose_container_cannot_be_removed_keeps_its_directories() {
+    let mut h = start(&["present:1", "missing:1"]);
+    h.wait_for(&["Running", "Running"]).await;
+    let logs = h.state_dir().join("logs");
+    let pod_logs: Vec<_> = std::fs::read_dir(&logs).unwrap().flatten().collect();
+    assert_eq!(pod_logs.len(), 1, "the pod's log directory");
+    let pod_logs = pod_logs[0].path();
+    let checkpoint = Checkpoint::path(&h.state_dir(), &h.uid).unwrap();
+    assert!(checkpoint.exists());
+    h.fake.make_unremovable("a");
+
+    let _ = h.stop.take().unwrap().send(());
+    (&mut h.task).await.unwrap();
+    let calls = h.fake.calls();
+    let stopping = calls.iter().position(|c| c.starts_with("stop ")).unwrap();
+    assert!(
+        !calls[stopping..].contains(&format!("release {}", h.uid)),
+        "released with a container left: {calls:?}"
+    );
+    assert!(pod_logs.join("a/0.log").exists(), "the log directory went");
+    assert!(checkpoint.exists(), "the checkpoint went");
+}
+
 const CRASHING: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: app, image: x:1}\n";
 
 /// Waits until attempt `attempt` of container `name` was run.

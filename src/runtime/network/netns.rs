@@ -34,12 +34,8 @@ const MAX_UNMOUNTS: usize = 8;
 /// node's config dir need not include the loopback plugin (containerd runs
 /// it separately for this reason). Pods expect 127.0.0.1 to work.
 pub fn create(dir: &Path, name: &str) -> io::Result<PathBuf> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("invalid network namespace name {name:?}"),
-        ));
-    }
+    crate::host::safe_path::check(name)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
     // The mount point; create_new so two creators cannot share a namespace.

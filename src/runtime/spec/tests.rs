@@ -396,7 +396,7 @@ fn pod_files_are_bound_in_unless_a_volume_takes_the_path() {
     let p = pod("", "");
     let container = &p.pod.spec.as_ref().unwrap().containers[0];
     let sandbox = SandboxFacts {
-        files: Some(PodFiles::new(Path::new("/state"), "uid")),
+        files: Some(PodFiles::new(Path::new("/state"), "uid").unwrap()),
         ..sandbox()
     };
     let mut volume = Mount::default();
