@@ -424,12 +424,8 @@ pub fn pod_cgroup(
 ) -> Result<PodCgroup, ResourceError> {
     // The path is later created and removed on the host: refuse anything
     // that could step outside the pod's own directory.
-    if uid.is_empty() || uid.contains('/') || uid.contains('\0') {
-        return Err(ResourceError::new(
-            "metadata.uid",
-            format!("{uid:?} cannot name a cgroup"),
-        ));
-    }
+    crate::host::safe_path::check(uid)
+        .map_err(|e| ResourceError::new("metadata.uid", format!("cannot name a cgroup: {e}")))?;
     if !root.starts_with('/') || root.split('/').any(|c| c == ".." || c == ".") {
         return Err(ResourceError::new(
             "cgroup root",
