@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::agent::{start_with_busybox, Agent, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
 use common::tasks::tasks;
+use podkeeper::host::{remove_tree, SafePath};
 use serde_json::Value;
 
 /// A pod running `sleep`; `NAME` and `UID_LINE` are replaced.
@@ -49,10 +50,11 @@ fn events(agent: &Agent) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
-/// A directory with one file in it, standing for host data.
+/// A directory with files in it, standing for host data.
 fn victim(dir: &Path) {
-    std::fs::create_dir_all(dir).expect("creating the victim directory");
+    std::fs::create_dir_all(dir.join("sub")).expect("creating the victim directory");
     std::fs::write(dir.join("precious"), "host data").expect("writing the victim file");
+    std::fs::write(dir.join("sub/precious"), "host data").expect("writing the victim file");
 }
 
 fn assert_untouched(dir: &Path, agent: &Agent) {
@@ -219,4 +221,36 @@ fn removing_a_pod_never_empties_a_mount_inside_its_directory() {
         .any(|l| l.contains("cannot remove the pod's files") && l.contains("mount point"));
     assert!(refused, "no warning about the mount:\n{}", agent.log());
     drop(mount);
+}
+
+#[test]
+fn remove_tree_never_enters_or_removes_a_mount() {
+    if !e2e_enabled("remove_tree_never_enters_or_removes_a_mount") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let victim_dir = tmp.path().join("victim");
+    victim(&victim_dir);
+    let base = SafePath::base(tmp.path().join("state"));
+    // A mount deep inside the tree, and a tree that is a mount itself.
+    let nested = base.join(&["pods", "nested"]).unwrap();
+    let point = nested.path().join("a/b");
+    std::fs::create_dir_all(&point).unwrap();
+    std::fs::write(nested.path().join("a/file"), "x").unwrap();
+    let top = base.join(&["pods", "top"]).unwrap();
+    std::fs::create_dir_all(top.path()).unwrap();
+    let _mounts = [
+        BindMount::new(&victim_dir, &point),
+        BindMount::new(&victim_dir, &top.path()),
+    ];
+    for tree in [&nested, &top] {
+        let result = remove_tree(tree);
+        let kept = |file: &str| victim_dir.join(file).exists();
+        assert!(
+            kept("precious") && kept("sub/precious"),
+            "emptied through a mount"
+        );
+        let err = result.expect_err("a mount is an error");
+        assert!(err.to_string().contains("mount point"), "{err}");
+    }
 }
