@@ -201,9 +201,12 @@ impl ManifestSource {
     }
 
     /// The pods to run: one per file, the first file (by name) winning when
-    /// two define the same namespace/name, as the kubelet does.
+    /// two define the same namespace/name, as the kubelet does, or the same
+    /// UID (a given `metadata.uid` copied into two files: the pods would
+    /// share one identity, and with it their directories and containers).
     fn desired_set(&mut self) -> DesiredSet {
         let mut by_name: HashMap<(String, String), PathBuf> = HashMap::new();
+        let mut by_uid: HashMap<&str, &PathBuf> = HashMap::new();
         let mut duplicates = HashSet::new();
         let mut set = DesiredSet::new();
         for (path, record) in &self.files {
@@ -211,12 +214,17 @@ impl ManifestSource {
                 continue;
             };
             let key = (pod.namespace().to_string(), pod.name().to_string());
-            if let Some(first) = by_name.get(&key) {
+            let duplicate = match (by_name.get(&key), by_uid.get(pod.uid())) {
+                (Some(first), _) => Some(("pod name", pod.name(), first)),
+                (None, Some(first)) => Some(("uid", pod.uid(), *first)),
+                (None, None) => None,
+            };
+            if let Some((what, value, first)) = duplicate {
                 duplicates.insert(path.clone());
                 if !self.duplicates.contains(path) {
                     let message = format!(
-                        "Error validating pod {} from {} due to duplicate pod name {:?}, ignoring (already defined by {})",
-                        pod.name(), path.display(), pod.name(), first.display()
+                        "Error validating pod {} from {} due to duplicate {what} {value:?}, ignoring (already defined by {})",
+                        pod.name(), path.display(), first.display()
                     );
                     warn!(file = %path.display(), "{message}");
                     self.recorder.record(
@@ -229,6 +237,7 @@ impl ManifestSource {
                 continue;
             }
             by_name.insert(key, path.clone());
+            by_uid.insert(pod.uid(), path);
             set.insert(pod.uid().to_string(), pod.clone());
         }
         self.duplicates = duplicates;
@@ -540,6 +549,25 @@ mod tests {
         assert_eq!(event.reason, "FailedValidation");
         let prefix = format!("{}: metadata.uid: ", dir.path().join("web.yaml").display());
         assert!(event.message.starts_with(&prefix), "{}", event.message);
+    }
+
+    #[test]
+    fn the_first_file_wins_a_duplicate_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_uid = |name: &str| {
+            POD.replace("NAME", name).replace(
+                &format!("  name: {name}\n"),
+                &format!("  name: {name}\n  uid: 3f2b1c9e-5d4a-4e7b-9c1d-2a6f8e0b4c7d\n"),
+            )
+        };
+        std::fs::write(dir.path().join("a.yaml"), with_uid("web")).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), with_uid("other")).unwrap();
+        let (mut source, reader, mut events) = source_with_events(dir.path());
+        source.sync();
+        assert_eq!(names(&reader), ["web-node1"]);
+        let event = events.try_recv().unwrap();
+        assert_eq!(event.reason, "FailedValidation");
+        assert!(event.message.contains("duplicate uid"), "{}", event.message);
     }
 
     #[test]
