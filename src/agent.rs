@@ -176,6 +176,12 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
     })
     .context("loading the pod network configuration")?;
     info!(network = %network.describe(), "pod network");
+    // Pods kept running across a restart (or a firewall reload) need the
+    // guard before the next pod's ADD reinstalls it. Not fatal: each ADD
+    // tries again and refuses the pod's network if it still fails.
+    if let Err(e) = network.protect_host_loopback().await {
+        warn!(error = %e, "pods on this network may reach the host's loopback");
+    }
     let node_settings = NodeSettings {
         state_dir: settings.state_dir.clone(),
         cgroup_root: settings.cgroup_root.clone(),

@@ -177,16 +177,8 @@ fn check_plugin_type(plugin: &Map<String, Value>) -> Result<(), String> {
 /// hosts whose policy is DROP.
 pub(super) fn builtin(settings: &NetworkSettings) -> Result<NetConfList, NetworkError> {
     let bridge = &settings.default_bridge;
-    if bridge.is_empty()
-        || bridge.len() > 15
-        || bridge.contains(['/', ' ', ':'])
-        || bridge == "."
-        || bridge == ".."
-    {
-        return Err(NetworkError::Settings(format!(
-            "bridge name {bridge:?} is not a valid interface name (1-15 bytes, no '/', ':' or space)"
-        )));
-    }
+    check_interface_name(bridge)
+        .map_err(|reason| NetworkError::Settings(format!("bridge name {bridge:?}: {reason}")))?;
     let subnet = &settings.default_subnet;
     let ipv4 = parse_cidr(subnet)
         .ok_or_else(|| NetworkError::Settings(format!("subnet {subnet:?} is not an IP/prefix")))?
@@ -230,6 +222,25 @@ pub(super) fn builtin(settings: &NetworkSettings) -> Result<NetConfList, Network
             subnet: subnet.clone(),
         },
     })
+}
+
+/// Checks that a bridge name is a Linux interface name that can also be
+/// given to iptables as is, since it becomes an `-i` argument and part of a
+/// chain name: 1-15 bytes of `[A-Za-z0-9_.-]`, starting with a letter, a
+/// digit or '_'. Stricter than the kernel on purpose: a leading '-' or '!'
+/// would read as an option or a negation, '+' is iptables' wildcard.
+pub(super) fn check_interface_name(name: &str) -> Result<(), String> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_.-".contains(&b);
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if name.len() > 15 || !first_ok || !name.bytes().all(allowed) {
+        return Err("an interface name here is 1-15 characters of [A-Za-z0-9_.-], \
+                    starting with a letter, a digit or '_'"
+            .to_string());
+    }
+    Ok(())
 }
 
 /// Parses "10.85.0.0/16" or "fd00::/64" into its address, checking the
@@ -408,9 +419,12 @@ mod tests {
         };
         assert!(builtin(&s).is_err());
         let mut s = NetworkSettings {
-            default_subnet: "10.85.0.0".into(),
+            default_bridge: "-i".into(),
             ..NetworkSettings::default()
         };
+        assert!(builtin(&s).is_err());
+        s.default_bridge = "podkeeper0".into();
+        s.default_subnet = "10.85.0.0".into();
         assert!(builtin(&s).is_err());
         s.default_subnet = "10.85.0.0/33".into();
         assert!(builtin(&s).is_err());
@@ -423,6 +437,28 @@ mod tests {
             builtin(&NetworkSettings::default()).unwrap().describe(),
             "built-in podkeeper0 10.85.0.0/16"
         );
+    }
+
+    #[test]
+    fn interface_names_are_safe_iptables_arguments() {
+        for good in ["podkeeper0", "cni0", "br-lan.10", "_x", "a23456789012345"] {
+            assert_eq!(check_interface_name(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "",
+            "a234567890123456",
+            "-j",
+            "!lo",
+            ".x",
+            "cni+",
+            "a b",
+            "a\nb",
+            "a/b",
+            "a:b",
+            "brücke",
+        ] {
+            assert!(check_interface_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

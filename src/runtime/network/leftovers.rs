@@ -12,16 +12,12 @@
 //! host rebooted) is not an error.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha512};
 
 use super::config::{plugin_type, NetConfList};
-use super::{exec, POD_INTERFACE};
-
-/// Bound for one iptables call (it waits for the xtables lock).
-const IPTABLES_TIMEOUT: Duration = Duration::from_secs(30);
+use super::{exec, iptables, POD_INTERFACE};
 
 /// The plugins' chain name for a network and container: "CNI-" and the
 /// start of the hex SHA-512 of both, 28 characters in all (iptables'
@@ -95,14 +91,8 @@ pub(super) async fn remove_bridge_masquerade(
             "ip6tables"
         };
         for args in masquerade_cleanup(&list.name, container_id, ip) {
-            let mut cmd = tokio::process::Command::new(binary);
-            cmd.args(&args)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true);
-            match tokio::time::timeout(IPTABLES_TIMEOUT, cmd.output()).await {
-                Ok(Ok(out)) if out.status.success() => {
+            match iptables::run(binary, &args).await {
+                Ok(outcome) if outcome.success => {
                     tracing::debug!(
                         container = container_id,
                         ?args,
@@ -110,13 +100,9 @@ pub(super) async fn remove_bridge_masquerade(
                     );
                 }
                 // Not there: the usual case when a plugin did its job.
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(container = container_id, error = %e, "running {binary}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(container = container_id, ?args, "{binary} timed out");
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(container = container_id, error = %e, "removing leftover masquerade rules");
                     return;
                 }
             }

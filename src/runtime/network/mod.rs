@@ -26,7 +26,9 @@ mod cache;
 mod config;
 mod exec;
 pub mod hostport;
+mod iptables;
 mod leftovers;
+pub mod localnet;
 pub mod netns;
 
 use std::net::IpAddr;
@@ -156,6 +158,8 @@ pub enum NetworkError {
     },
     #[error("CNI result cache {}: {reason}", path.display())]
     Cache { path: PathBuf, reason: String },
+    #[error("keeping pods off the host's 127.0.0.0/8 (iptables chain {chain}): {reason}")]
+    Loopback { chain: String, reason: String },
     #[error("CNI CHECK of sandbox {sandbox}: {reason} (network {conf})")]
     Check {
         sandbox: String,
@@ -252,6 +256,9 @@ impl Network {
                 request.netns.display()
             )));
         }
+        // Before portmap can turn on route_localnet; no pod joins a
+        // network whose loopback guard could not be installed.
+        self.protect_host_loopback().await?;
         let started = Instant::now();
         let capability_args = capability_args(request.port_mappings);
         let netns = request.netns.to_string_lossy();
@@ -310,6 +317,14 @@ impl Network {
                 Err(error)
             }
         }
+    }
+
+    /// Installs (or repairs) the iptables rule that keeps pods off the
+    /// host's 127.0.0.0/8 wherever this network may turn on
+    /// `route_localnet`; see [`localnet`]. Run before every ADD, and at
+    /// agent start for the pods already running.
+    pub async fn protect_host_loopback(&self) -> Result<(), NetworkError> {
+        localnet::ensure(&self.list).await
     }
 
     /// Caches the final ADD result and turns it into a [`PodNetwork`].
