@@ -4,8 +4,8 @@
 //! Needs root. Each test uses its own network (bridge
 //! `pkt<pid%1000><letter>`, subnet `10.<200+n>.0.0/16`) and state dir, talks
 //! only to 127.0.0.1, to its bridge's address and to namespaces it created,
-//! and removes its namespaces, bridge and per-pod rules when done, also when
-//! it fails. Left on the host by design: the plugins' shared iptables chains
+//! and removes its namespaces, bridge, per-pod rules and the loopback guard
+//! chain for its bridge when done, also when it fails. Left on the host by design: the plugins' shared iptables chains
 //! (CNI-HOSTPORT-*, CNI-FORWARD, CNI-ADMIN), which hold no per-pod rule, and
 //! that is what a real node keeps too. `net.ipv4.ip_forward`, which the
 //! bridge plugin turns on, is restored when the last test ends.
@@ -161,6 +161,7 @@ impl Drop for TestNet {
                 other => eprintln!("cleanup: ip link del {}: {other:?}", self.bridge),
             }
         }
+        common::agent::remove_loopback_guard(&self.bridge);
     }
 }
 

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use podkeeper::runtime::network::localnet;
 
 use super::containerd::PrivateContainerd;
 use super::process::kill_and_wait;
@@ -382,7 +383,27 @@ impl Drop for Agent {
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
             .status();
+        remove_loopback_guard(&self.bridge);
     }
+}
+
+/// Removes the chain that keeps pods off the host's loopback, which the
+/// agent installs for a bridge with hostPorts and leaves in place when it
+/// stops (as a node would): every jump to it from INPUT, then the chain.
+/// Pieces already gone are fine.
+pub fn remove_loopback_guard(bridge: &str) {
+    let chain = localnet::chain_name(Some(bridge));
+    let iptables = |args: &[&str]| {
+        Command::new("iptables")
+            .arg("--wait")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    while iptables(&["-D", "INPUT", "-j", &chain]) {}
+    iptables(&["-F", &chain]);
+    iptables(&["-X", &chain]);
 }
 
 /// rmdir of every pod cgroup under the tests' cgroup root; the kernel

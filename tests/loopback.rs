@@ -1,0 +1,202 @@
+//! End-to-end: the host's loopback stays the host's on the built-in network
+//! (CVE-2020-8558). A hostPort on 127.0.0.1 makes portmap turn on
+//! `route_localnet` on the bridge; a pod with `NET_ADMIN` that then routes
+//! 127.0.0.1 through its gateway must still not reach a host service bound
+//! to 127.0.0.1, while the hostPort keeps answering on 127.0.0.1.
+//!
+//! Needs root. Starts its own containerd and agent; the host side is two
+//! UDP sockets of the test, one on 127.0.0.1 and one on the test bridge's
+//! address. When the test ends (also by a failure) its pods are removed
+//! through the agent (CNI DEL takes their NAT rules), then the bridge and
+//! the agent's loopback guard chain are deleted.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::agent::{Agent, BUSYBOX, NODE};
+use common::containerd::{e2e_enabled, PrivateContainerd};
+
+/// A pod serving a page on a hostPort bound to 127.0.0.1 only.
+const WEB: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: podkeeper.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'mkdir /www && echo served-by-the-pod > /www/index.html && exec httpd -f -p 80 -h /www']
+    ports: [{containerPort: 80, hostPort: HOST_PORT, hostIP: 127.0.0.1}]
+"#;
+
+/// A pod that takes 127.0.0.0/8 off its loopback, routes 127.0.0.1 through
+/// its gateway, and then keeps sending UDP datagrams (busybox tftp read
+/// requests): one to 127.0.0.1:SECRET_PORT, then one to
+/// GATEWAY:CONTROL_PORT, which shows the host that a round went out.
+const ATTACKER: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: attacker}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: attacker
+    image: podkeeper.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    securityContext: {capabilities: {add: [NET_ADMIN]}}
+    command:
+    - sh
+    - -c
+    - |
+      ip route del local 127.0.0.0/8 dev lo table local
+      ip route del local 127.0.0.1 dev lo table local
+      ip route add 127.0.0.1/32 via GATEWAY dev eth0 || exit 1
+      while true; do
+        timeout 1 tftp -g -r secret -l /tmp/x 127.0.0.1 SECRET_PORT
+        timeout 1 tftp -g -r control -l /tmp/x GATEWAY CONTROL_PORT
+      done
+"#;
+
+/// A containerd with busybox and an agent on its built-in network; removes
+/// the pods through the agent when dropped.
+struct Node {
+    agent: Agent,
+    _containerd: PrivateContainerd,
+}
+
+impl Node {
+    fn start(namespace: &str) -> Node {
+        let containerd = PrivateContainerd::start().expect("starting containerd");
+        containerd
+            .import_busybox(namespace, BUSYBOX)
+            .expect("importing busybox");
+        let agent = Agent::start_with(&containerd, namespace, |agent| agent.use_bridge())
+            .expect("starting the agent");
+        Node {
+            agent,
+            _containerd: containerd,
+        }
+    }
+}
+
+impl Drop for Node {
+    /// Removes the manifests and waits (bounded, never panicking) until the
+    /// agent has torn the pods down, so CNI DEL removes their rules; the
+    /// agent's own drop then deletes the bridge and the guard chain.
+    fn drop(&mut self) {
+        let agent = &mut self.agent;
+        if !agent.is_running() && agent.restart().is_err() {
+            eprintln!("cleanup: cannot restart the agent");
+            return;
+        }
+        for entry in std::fs::read_dir(&agent.manifests)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while agent
+            .get("/pods")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .is_none_or(|list| list["items"].as_array().is_none_or(|i| !i.is_empty()))
+        {
+            if Instant::now() > deadline {
+                eprintln!("cleanup: pods not all removed within 30 s");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The body of `GET /` on 127.0.0.1:`port`.
+fn http_get(port: u16) -> std::io::Result<String> {
+    let mut stream =
+        TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// The bridge's address: the first host of the agent's /24 test subnet,
+/// which the bridge plugin gives the bridge as the pods' gateway.
+fn gateway(agent: &Agent) -> Ipv4Addr {
+    let network: Ipv4Addr = agent
+        .subnet
+        .split_once('/')
+        .and_then(|(net, _)| net.parse().ok())
+        .expect("the agent's subnet");
+    Ipv4Addr::from(u32::from(network) + 1)
+}
+
+/// Waits until `socket` has received `rounds` datagrams mentioning `what`.
+fn wait_for_datagrams(socket: &UdpSocket, what: &str, rounds: usize, agent: &Agent) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("read timeout");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = 0;
+    let mut buf = [0u8; 512];
+    while seen < rounds {
+        assert!(
+            Instant::now() < deadline,
+            "no {what} datagram from the pod within 60 s; agent log:\n{}",
+            agent.log()
+        );
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).contains(what) {
+                seen += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pod_rerouting_loopback_cannot_reach_the_host_but_host_ports_on_it_work() {
+    if !e2e_enabled("a_pod_rerouting_loopback_cannot_reach_the_host_but_host_ports_on_it_work") {
+        return;
+    }
+    let node = Node::start("loopback");
+    let agent = &node.agent;
+    let host_port = 19_000 + (std::process::id() % 1000) as u16;
+    agent.write_manifest("web.yaml", &WEB.replace("HOST_PORT", &host_port.to_string()));
+    agent.wait_running(&format!("web-{NODE}"), 1, Duration::from_secs(60));
+    let page = || http_get(host_port).is_ok_and(|r| r.contains("served-by-the-pod"));
+    agent.wait_until("the page on 127.0.0.1:hostPort", Duration::from_secs(20), page);
+
+    // The host service a pod must not reach, and the pod's proof of life.
+    let secret = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding on 127.0.0.1");
+    let control = UdpSocket::bind((gateway(agent), 0)).expect("binding on the bridge");
+    let port = |s: &UdpSocket| s.local_addr().map(|a| a.port()).expect("local address");
+    let manifest = ATTACKER
+        .replace("GATEWAY", &gateway(agent).to_string())
+        .replace("SECRET_PORT", &port(&secret).to_string())
+        .replace("CONTROL_PORT", &port(&control).to_string());
+    agent.write_manifest("attacker.yaml", &manifest);
+
+    // Each round sends to 127.0.0.1 a second before the control datagram:
+    // after two control datagrams, anything let through has arrived.
+    wait_for_datagrams(&control, "control", 2, agent);
+    secret.set_nonblocking(true).expect("non-blocking");
+    let mut buf = [0u8; 512];
+    let reached: Option<(usize, SocketAddr)> = secret.recv_from(&mut buf).ok();
+    assert!(
+        reached.is_none(),
+        "a pod reached the host's 127.0.0.1:{}: {:?} from {:?}",
+        port(&secret),
+        String::from_utf8_lossy(&buf[..reached.map_or(0, |r| r.0)]),
+        reached.map(|r| r.1)
+    );
+    assert!(
+        page(),
+        "127.0.0.1:{host_port} no longer serves the pod's page"
+    );
+}
