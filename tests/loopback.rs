@@ -84,14 +84,28 @@ impl Node {
 
 impl Drop for Node {
     /// Removes the manifests and waits (bounded, never panicking) until the
-    /// agent has torn the pods down, so CNI DEL removes their rules; the
-    /// agent's own drop then deletes the bridge and the guard chain.
+    /// agent logged each pod's removal, which comes after its CNI DEL took
+    /// the pod's rules; the agent's own drop then deletes the bridge and
+    /// the guard chain.
     fn drop(&mut self) {
         let agent = &mut self.agent;
         if !agent.is_running() && agent.restart().is_err() {
             eprintln!("cleanup: cannot restart the agent");
             return;
         }
+        let uids: Vec<String> = agent
+            .get("/pods")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|list| {
+                let items = list["items"].as_array()?.iter();
+                Some(
+                    items
+                        .filter_map(|p| p["metadata"]["uid"].as_str().map(String::from))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
         for entry in std::fs::read_dir(&agent.manifests)
             .into_iter()
             .flatten()
@@ -99,15 +113,16 @@ impl Drop for Node {
         {
             let _ = std::fs::remove_file(entry.path());
         }
+        let removed = |uid: &str| {
+            agent
+                .log()
+                .lines()
+                .any(|l| l.contains("pod removed") && l.contains(&format!("uid={uid}")))
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while agent
-            .get("/pods")
-            .ok()
-            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-            .is_none_or(|list| list["items"].as_array().is_none_or(|i| !i.is_empty()))
-        {
+        while !uids.iter().all(|uid| removed(uid)) {
             if Instant::now() > deadline {
-                eprintln!("cleanup: pods not all removed within 30 s");
+                eprintln!("cleanup: pods {uids:?} not all removed within 30 s");
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -167,10 +182,17 @@ fn a_pod_rerouting_loopback_cannot_reach_the_host_but_host_ports_on_it_work() {
     let node = Node::start("loopback");
     let agent = &node.agent;
     let host_port = 19_000 + (std::process::id() % 1000) as u16;
-    agent.write_manifest("web.yaml", &WEB.replace("HOST_PORT", &host_port.to_string()));
+    agent.write_manifest(
+        "web.yaml",
+        &WEB.replace("HOST_PORT", &host_port.to_string()),
+    );
     agent.wait_running(&format!("web-{NODE}"), 1, Duration::from_secs(60));
     let page = || http_get(host_port).is_ok_and(|r| r.contains("served-by-the-pod"));
-    agent.wait_until("the page on 127.0.0.1:hostPort", Duration::from_secs(20), page);
+    agent.wait_until(
+        "the page on 127.0.0.1:hostPort",
+        Duration::from_secs(20),
+        page,
+    );
 
     // The host service a pod must not reach, and the pod's proof of life.
     let secret = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding on 127.0.0.1");

@@ -236,9 +236,11 @@ pub(super) fn check_interface_name(name: &str) -> Result<(), String> {
         .next()
         .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
     if name.len() > 15 || !first_ok || !name.bytes().all(allowed) {
-        return Err("an interface name here is 1-15 characters of [A-Za-z0-9_.-], \
+        return Err(
+            "an interface name here is 1-15 characters of [A-Za-z0-9_.-], \
                     starting with a letter, a digit or '_'"
-            .to_string());
+                .to_string(),
+        );
     }
     Ok(())
 }

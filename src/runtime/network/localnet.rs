@@ -187,7 +187,10 @@ async fn install(scope: &Scope) -> Result<(), NetworkError> {
             .await
             .map_err(|e| e.to_string())
     };
-    let jump_there = run(args("-C", "INPUT", &jump)).await.map_err(error)?.success;
+    let jump_there = run(args("-C", "INPUT", &jump))
+        .await
+        .map_err(error)?
+        .success;
     let rule_there = run(args("-C", &chain, &rule)).await.map_err(error)?.success;
     if jump_there && rule_there {
         return Ok(());
