@@ -2,7 +2,8 @@
 //! (CVE-2020-8558). A hostPort on 127.0.0.1 makes portmap turn on
 //! `route_localnet` on the bridge; a pod with `NET_ADMIN` that then routes
 //! 127.0.0.1 through its gateway must still not reach a host service bound
-//! to 127.0.0.1, while the hostPort keeps answering on 127.0.0.1.
+//! to 127.0.0.1, while the hostPort keeps answering on 127.0.0.1; also
+//! after a firewall reload removed the guard and the agent restarted.
 //!
 //! Needs root. Starts its own containerd and agent; the host side is two
 //! UDP sockets of the test, one on 127.0.0.1 and one on the test bridge's
@@ -14,10 +15,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::agent::{Agent, BUSYBOX, NODE};
+use common::agent::{remove_loopback_guard, Agent, BUSYBOX, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
+use podkeeper::runtime::network::localnet;
 
 /// A pod serving a page on a hostPort bound to 127.0.0.1 only.
 const WEB: &str = r#"apiVersion: v1
@@ -174,12 +177,50 @@ fn wait_for_datagrams(socket: &UdpSocket, what: &str, rounds: usize, agent: &Age
     }
 }
 
+/// The first datagram waiting on `socket`, if any, without waiting.
+fn pending(socket: &UdpSocket) -> Option<(String, SocketAddr)> {
+    socket.set_nonblocking(true).expect("non-blocking");
+    let mut buf = [0u8; 512];
+    let got = socket
+        .recv_from(&mut buf)
+        .ok()
+        .map(|(n, from)| (String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+    socket.set_nonblocking(false).expect("blocking");
+    got
+}
+
+/// Lets the attacker pod send two more rounds, each to 127.0.0.1 a second
+/// before the control datagram, so anything let through has arrived; then
+/// checks that nothing did.
+fn assert_loopback_unreachable(secret: &UdpSocket, control: &UdpSocket, agent: &Agent) {
+    wait_for_datagrams(control, "control", 2, agent);
+    if let Some((datagram, from)) = pending(secret) {
+        panic!(
+            "a pod reached the host's {}: {datagram:?} from {from}",
+            secret.local_addr().expect("local address")
+        );
+    }
+}
+
+/// Whether INPUT jumps to the agent's loopback guard for `bridge`.
+fn guard_installed(bridge: &str) -> bool {
+    Command::new("iptables")
+        .args(["--wait", "-C", "INPUT", "-j"])
+        .arg(localnet::chain_name(Some(bridge)))
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The attack of CVE-2020-8558 once portmap turned on `route_localnet`,
+/// right after the pods' ADD and again after a firewall reload dropped the
+/// guard and the agent restarted (which puts it back for running pods).
 #[test]
 fn a_pod_rerouting_loopback_cannot_reach_the_host_but_host_ports_on_it_work() {
     if !e2e_enabled("a_pod_rerouting_loopback_cannot_reach_the_host_but_host_ports_on_it_work") {
         return;
     }
-    let node = Node::start("loopback");
+    let mut node = Node::start("loopback");
     let agent = &node.agent;
     let host_port = 19_000 + (std::process::id() % 1000) as u16;
     agent.write_manifest(
@@ -203,20 +244,26 @@ fn a_pod_rerouting_loopback_cannot_reach_the_host_but_host_ports_on_it_work() {
         .replace("SECRET_PORT", &port(&secret).to_string())
         .replace("CONTROL_PORT", &port(&control).to_string());
     agent.write_manifest("attacker.yaml", &manifest);
-
-    // Each round sends to 127.0.0.1 a second before the control datagram:
-    // after two control datagrams, anything let through has arrived.
-    wait_for_datagrams(&control, "control", 2, agent);
-    secret.set_nonblocking(true).expect("non-blocking");
-    let mut buf = [0u8; 512];
-    let reached: Option<(usize, SocketAddr)> = secret.recv_from(&mut buf).ok();
+    assert_loopback_unreachable(&secret, &control, agent);
     assert!(
-        reached.is_none(),
-        "a pod reached the host's 127.0.0.1:{}: {:?} from {:?}",
-        port(&secret),
-        String::from_utf8_lossy(&buf[..reached.map_or(0, |r| r.0)]),
-        reached.map(|r| r.1)
+        page(),
+        "127.0.0.1:{host_port} no longer serves the pod's page"
     );
+
+    // A firewall reload flushes the guard; the restarted agent puts it back
+    // before any new pod's ADD would.
+    remove_loopback_guard(&agent.bridge);
+    node.agent.restart().expect("restarting the agent");
+    let agent = &node.agent;
+    agent.wait_until(
+        "the loopback guard after the restart",
+        Duration::from_secs(20),
+        || guard_installed(&agent.bridge),
+    );
+    // What got through while the guard was gone, a round ago at most.
+    wait_for_datagrams(&control, "control", 1, agent);
+    while pending(&secret).is_some() {}
+    assert_loopback_unreachable(&secret, &control, agent);
     assert!(
         page(),
         "127.0.0.1:{host_port} no longer serves the pod's page"
