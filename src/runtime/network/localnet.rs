@@ -280,9 +280,7 @@ mod tests {
                 vec![Scope::Bridge("cni0".into())],
             ),
             (
-                conflist(&format!(
-                    r#"{{"type":"bridge","bridge":"br0"}},{{"type":"portmap","snat":true}}"#
-                )),
+                conflist(r#"{"type":"bridge","bridge":"br0"},{"type":"portmap","snat":true}"#),
                 vec![Scope::Bridge("br0".into())],
             ),
             (
