@@ -4,6 +4,7 @@
 //! following a symlink or crossing a mount ([`remove`]); what only root
 //! may read is created private from the start ([`private_files`]).
 
+pub mod fd;
 pub mod private_files;
 pub mod remove;
 pub mod safe_path;
