@@ -35,6 +35,16 @@ fn mode(path: &Path) -> u32 {
         & 0o7777
 }
 
+/// Asserts the permission bits of `path`, showing them in octal.
+fn assert_mode(path: &Path, expected: u32, what: &str) {
+    let actual = mode(path);
+    assert!(
+        actual == expected,
+        "{what} {} has mode {actual:04o}, expected {expected:04o}",
+        path.display()
+    );
+}
+
 fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
@@ -61,9 +71,9 @@ fn logs_and_state_are_private_and_loose_directories_are_tightened() {
     })
     .expect("starting the agent");
 
-    assert_eq!(mode(&agent.state), 0o700, "state directory");
-    assert_eq!(mode(&agent.logs), 0o750, "pod log directory");
-    assert_eq!(mode(&agent.state.join("events.jsonl")), 0o600, "journal");
+    assert_mode(&agent.state, 0o700, "state directory");
+    assert_mode(&agent.logs, 0o750, "pod log directory");
+    assert_mode(&agent.state.join("events.jsonl"), 0o600, "journal");
     let log = agent.log();
     for dir in [&agent.state, &agent.logs] {
         assert!(
@@ -90,28 +100,20 @@ fn logs_and_state_are_private_and_loose_directories_are_tightened() {
         Duration::from_secs(30),
         || std::fs::read_to_string(&log_file).is_ok_and(|text| text.contains("secret-token")),
     );
-    assert_eq!(mode(&log_file), 0o640, "container log file");
-    assert_eq!(
-        mode(&pod_logs.join("app")),
-        0o750,
-        "container log directory"
-    );
-    assert_eq!(mode(&pod_logs), 0o750, "pod log directory");
+    assert_mode(&log_file, 0o640, "container log file");
+    assert_mode(&pod_logs.join("app"), 0o750, "container log directory");
+    assert_mode(&pod_logs, 0o750, "pod log directory");
 
     let checkpoint = agent.state.join("pods").join(format!("{uid}.json"));
     agent.wait_until("the pod's checkpoint", Duration::from_secs(30), || {
         checkpoint.exists()
     });
-    assert_eq!(mode(&checkpoint), 0o600, "checkpoint");
-    assert_eq!(
-        mode(&agent.state.join("pods")),
+    assert_mode(&checkpoint, 0o600, "checkpoint");
+    assert_mode(&agent.state.join("pods"), 0o700, "checkpoint directory");
+    assert_mode(
+        &agent.state.join("pods").join(&uid),
         0o700,
-        "checkpoint directory"
-    );
-    assert_eq!(
-        mode(&agent.state.join("pods").join(&uid)),
-        0o700,
-        "pod files directory"
+        "pod files directory",
     );
     for dir in ["netns", "cni"] {
         let path = agent.state.join(dir);
@@ -124,7 +126,7 @@ fn logs_and_state_are_private_and_loose_directories_are_tightened() {
             );
         }
     }
-    assert_eq!(mode(&agent.state.join("events.jsonl")), 0o600, "journal");
+    assert_mode(&agent.state.join("events.jsonl"), 0o600, "journal");
 }
 
 #[test]
