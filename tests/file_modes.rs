@@ -149,3 +149,45 @@ fn a_state_directory_of_another_user_is_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn a_manifest_directory_opened_to_others_is_not_read_and_pods_keep_running() {
+    if !e2e_enabled("a_manifest_directory_opened_to_others_is_not_read_and_pods_keep_running") {
+        return;
+    }
+    let (_containerd, mut agent) = common::agent::start_with_busybox("e2e-file-modes-manifests");
+    agent
+        .restart_with_flags(&["--manifest-resync-seconds", "1"])
+        .expect("restarting the agent with a short re-list");
+    agent.write_manifest("talk.yaml", POD);
+    let talk = format!("talk-{NODE}");
+    agent.wait_running(&talk, 1, Duration::from_secs(60));
+
+    // Anyone may now write the directory: what lands there is not run.
+    set_mode(&agent.manifests, 0o777);
+    agent.write_manifest("evil.yaml", &POD.replace("name: talk", "name: evil"));
+    agent.wait_until(
+        "an InsecureManifestDir warning",
+        Duration::from_secs(30),
+        || String::from_utf8_lossy(&agent.cli(&["events"]).stdout).contains("InsecureManifestDir"),
+    );
+    let dir = agent.manifests.display().to_string();
+    assert!(
+        agent.log().lines().any(|l| l.contains("WARN")
+            && l.contains(&format!("dir={dir}"))
+            && l.contains("mode 0777")),
+        "no log line names {dir}:\n{}",
+        agent.log()
+    );
+    // Several re-lists later: still not run, the running pod untouched.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.pod(&format!("evil-{NODE}")).is_none());
+    assert_eq!(
+        common::agent::running_containers(&agent.pod(&talk).unwrap()),
+        ["app"]
+    );
+    assert!(agent.is_running(), "the agent exited:\n{}", agent.log());
+
+    set_mode(&agent.manifests, 0o755);
+    agent.wait_running(&format!("evil-{NODE}"), 1, Duration::from_secs(60));
+}

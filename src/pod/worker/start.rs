@@ -355,9 +355,10 @@ impl<R: PodRuntime> Worker<R> {
 
     /// `<pod-log-dir>/<namespace>_<name>_<uid>/<container>/<restart>.log`,
     /// the kubelet's layout, created empty (the shim opens it without
-    /// O_CREAT), 0640 in directories 0750: logs can hold secrets. Logs of runs before the previous one are removed, as the
-    /// kubelet removes them with their dead containers; the previous run's
-    /// stay for `logs --previous`.
+    /// O_CREAT), 0640 in directories 0750: logs can hold secrets. Logs of
+    /// runs before the previous one are removed, as the kubelet removes
+    /// them with their dead containers; the previous run's stay for
+    /// `logs --previous`.
     fn prepare_log_file(&self, container: &str, restart: u32) -> std::io::Result<PathBuf> {
         let pod_dir = self.pod_log_dir().map_err(std::io::Error::other)?;
         let dir = pod_dir
