@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::desired;
+use crate::host::private_files::{self, PRIVATE_DIR_MODE};
 use crate::images::credentials::Credentials;
 use crate::images::import_dir::ImportDir;
 use crate::images::reference;
@@ -89,8 +90,8 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
     // First, before anything is created: whoever can write a manifest can
     // run privileged containers.
     permissions::check_dir(&settings.manifest_dir).context("refusing to start")?;
-    create_dir(&settings.state_dir, 0o700)?;
-    create_dir(&settings.pod_log_dir, 0o755)?;
+    secure_dir(&settings.state_dir, PRIVATE_DIR_MODE)?;
+    secure_dir(&settings.pod_log_dir, crate::logs::LOG_DIR_MODE)?;
 
     let (recorder, event_log) = EventLog::start(
         settings.node_name.clone(),
@@ -321,6 +322,18 @@ fn detect_node_ip() -> Option<String> {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     socket.connect("192.0.2.1:9").ok()?;
     Some(socket.local_addr().ok()?.ip().to_string())
+}
+
+/// Makes the state or log directory private before anything is written
+/// into it: created with `mode`, tightened to it (and said so) when an
+/// older version or an operator left it open to others, refused when
+/// another user owns it.
+fn secure_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    let loose = private_files::secure_dir(path, mode).context("refusing to start")?;
+    if let Some(old) = loose {
+        warn!(dir = %path.display(), "tightened the mode of {} from {old:04o} to {:04o}: other users could read what podkeeper keeps there", path.display(), old & mode);
+    }
+    Ok(())
 }
 
 /// Creates a directory (and its parents) with `mode` if it is missing; an

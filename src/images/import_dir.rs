@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::service::ImageService;
+use crate::host::private_files;
 use crate::status::events::{EventType, ObjectRef, Recorder};
 use crate::watch::DirWatch;
 
@@ -198,11 +199,9 @@ impl ImportDir {
 
     /// Writes the records atomically: a crash leaves the old or the new file.
     fn save(&self) {
-        let temporary = self.records_file.with_extension("json.tmp");
         let result = serde_json::to_vec_pretty(&self.records)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&temporary, bytes))
-            .and_then(|()| std::fs::rename(&temporary, &self.records_file));
+            .and_then(|bytes| private_files::write_private(&self.records_file, &bytes));
         if let Err(e) = result {
             warn!(file = %self.records_file.display(), error = %e, "cannot save the imported-archive records");
         }

@@ -25,17 +25,31 @@
 //! when it works again. A write cut short mid-record is followed by a
 //! newline, so the torn record does not swallow the next one.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::LogSettings;
 
-/// Permissions of new log files, as containerd creates them: logs can hold
-/// secrets, so not world-readable.
-const FILE_MODE: u32 = 0o640;
+/// Permissions of log files, as containerd creates them: logs can hold
+/// secrets, so not world-readable; group-readable for a log shipper's group.
+pub const LOG_FILE_MODE: u32 = 0o640;
+/// Permissions of the pod and container log directories: root's, entered
+/// by the group, closed to others.
+pub const LOG_DIR_MODE: u32 = 0o750;
+
+/// Creates a log directory (and missing parents) 0750, tightening it if an
+/// older version left it looser. The one way log directories are made.
+pub fn create_log_dir(dir: &Path) -> io::Result<()> {
+    crate::host::private_files::create_dir(dir, LOG_DIR_MODE)
+}
+
+/// Opens a log file for appending, created 0640 (or tightened to it), never
+/// through a symlink. The one way log files are made.
+pub fn open_log_file(path: &Path) -> io::Result<File> {
+    crate::host::private_files::open_append(path, LOG_FILE_MODE)
+}
 
 /// How long to wait before trying again to open a file that could not be
 /// opened: often enough to resume promptly, rarely enough not to spin.
@@ -82,7 +96,7 @@ impl RotatingFile {
         };
         if let Some(dir) = me.path.parent() {
             // An error shows up as the open failing just below.
-            let _ = fs::create_dir_all(dir);
+            let _ = create_log_dir(dir);
         }
         me.reopen();
         me
@@ -189,12 +203,7 @@ impl RotatingFile {
 
     /// Opens (creates) the current file; on failure arranges a retry.
     fn reopen(&mut self) {
-        let opened = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(FILE_MODE)
-            .open(&self.path)
-            .and_then(|file| Ok((file.metadata()?.len(), file)));
+        let opened = open_log_file(&self.path).and_then(|file| Ok((file.metadata()?.len(), file)));
         match opened {
             Ok((size, file)) => {
                 self.file = Some(file);
@@ -565,7 +574,7 @@ mod tests {
         let mut file = RotatingFile {
             path: full.into(),
             settings: LogSettings::default(),
-            file: OpenOptions::new().append(true).open(full).ok(),
+            file: fs::OpenOptions::new().append(true).open(full).ok(),
             size: 0,
             rotate_at: LogSettings::default().max_size,
             torn: false,

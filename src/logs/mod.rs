@@ -24,6 +24,7 @@ pub mod read;
 mod uri;
 
 pub use cri::{parse_line, CriLine, MAX_LINE_SIZE};
+pub use file::{create_log_dir, open_log_file, LOG_DIR_MODE, LOG_FILE_MODE};
 pub use logger::run_logger;
 
 /// The hidden subcommand the shim runs, which is also the one query key of

@@ -3,9 +3,13 @@
 //!
 //! Every trigger (start, an inotify event, the periodic re-list; see
 //! [`crate::watch`]) does the same full pass over the directory. A file that stops parsing keeps its last good
-//! pod running: only removing the file removes the pod.
+//! pod running: only removing the file removes the pod. A pass first checks
+//! the directory's permissions (see [`permissions`]): while anyone but root
+//! could write it, nothing in it is read and every pod keeps its last good
+//! version.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +50,8 @@ pub struct ManifestSource {
     /// reported: reported again only after the conflict went away.
     duplicates: HashSet<PathBuf>,
     dir_missing_reported: bool,
+    /// Why the directory was refused at the last pass, already reported.
+    dir_insecure: Option<String>,
 }
 
 impl ManifestSource {
@@ -66,6 +72,7 @@ impl ManifestSource {
             ignored: HashSet::new(),
             duplicates: HashSet::new(),
             dir_missing_reported: false,
+            dir_insecure: None,
         }
     }
 
@@ -81,6 +88,10 @@ impl ManifestSource {
 
     /// One full pass: read every manifest, then publish the desired set.
     pub fn sync(&mut self) {
+        if !self.dir_is_secure() {
+            let set = self.desired_set();
+            return self.writer.replace(set);
+        }
         let present = self.list_manifests();
         self.files.retain(|path, _| present.contains(path));
         for path in present {
@@ -88,6 +99,32 @@ impl ManifestSource {
         }
         let set = self.desired_set();
         self.writer.replace(set);
+    }
+
+    /// Whether the directory, and every directory on the way to it, can be
+    /// written only by root; an `InsecureManifestDir` warning when it stops
+    /// being so. A missing directory is left to the listing to report.
+    fn dir_is_secure(&mut self) -> bool {
+        let error = match permissions::check_manifest_dir(&self.dir) {
+            Ok(()) | Err(permissions::OpenError::Gone(_)) => {
+                if self.dir_insecure.take().is_some() {
+                    info!(dir = %self.dir.display(), "the manifest directory is writable only by root again; reading it");
+                }
+                return true;
+            }
+            Err(e) => e.to_string(),
+        };
+        if self.dir_insecure.as_deref() != Some(error.as_str()) {
+            warn!(dir = %self.dir.display(), error = %error, "not reading the manifest directory; pods keep their last good version");
+            self.recorder.record(
+                ObjectRef::manifest_file(&self.dir),
+                EventType::Warning,
+                "InsecureManifestDir",
+                format!("{error}; manifests are not read until this is fixed, pods keep their last good version"),
+            );
+            self.dir_insecure = Some(error);
+        }
+        false
     }
 
     /// Paths of the files that are manifests, logging each ignored entry once.
@@ -125,20 +162,23 @@ impl ManifestSource {
     }
 
     fn read_file(&mut self, path: &Path) {
-        // Checked on every pass, not only at start-up: a manifest someone
-        // else can write would let them run privileged containers.
-        if let Some(reason) = permissions::insecure_reason(path) {
-            let message =
-                format!("refused: {reason}; manifests must be root's and writable only by root");
-            return self.set_error(path, Vec::new(), "FailedParse", message);
-        }
-        let content = match read_limited(path) {
-            Ok(content) => content,
+        // Checked on every pass, not only at start-up, on the file that is
+        // then read: a manifest someone else can write would let them run
+        // privileged containers.
+        let file = match permissions::open_manifest(path) {
+            Ok(file) => file,
             // Removed since the listing: the same as not listed, no error.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(permissions::OpenError::Gone(_)) => {
                 self.files.remove(path);
                 return;
             }
+            Err(e) => {
+                let message = format!("refused: {e}");
+                return self.set_error(path, Vec::new(), "FailedParse", message);
+            }
+        };
+        let content = match read_limited(file) {
+            Ok(content) => content,
             Err(e) => return self.set_error(path, Vec::new(), "FailedParse", e.to_string()),
         };
         let record = self.files.entry(path.to_path_buf()).or_default();
@@ -296,10 +336,9 @@ fn may_be_manifest(path: &Path) -> bool {
 
 /// Reads at most the kubelet's manifest size limit; a larger file is an
 /// `InvalidData` error whose text is the one reported.
-fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+fn read_limited(file: File) -> std::io::Result<Vec<u8>> {
     let cannot_read =
         |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot read: {e}"));
-    let file = std::fs::File::open(path).map_err(cannot_read)?;
     let mut content = Vec::new();
     file.take(MAX_MANIFEST_BYTES + 1)
         .read_to_end(&mut content)
@@ -317,271 +356,4 @@ fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::desired;
-
-    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: NAME\nspec:\n  containers:\n  - name: c\n    image: busybox:1\n";
-
-    fn source(dir: &Path) -> (ManifestSource, desired::DesiredReader) {
-        let (source, reader, _events) = source_with_events(dir);
-        (source, reader)
-    }
-
-    fn source_with_events(
-        dir: &Path,
-    ) -> (
-        ManifestSource,
-        desired::DesiredReader,
-        tokio::sync::mpsc::Receiver<crate::status::events::Occurrence>,
-    ) {
-        let (writer, reader) = desired::channel();
-        let (recorder, events) = crate::status::events::test_recorder();
-        let source = ManifestSource::new(
-            dir.into(),
-            "node1".into(),
-            Duration::from_secs(20),
-            writer,
-            recorder,
-        );
-        (source, reader, events)
-    }
-
-    /// The reasons of the events recorded since the last call.
-    fn reasons(
-        events: &mut tokio::sync::mpsc::Receiver<crate::status::events::Occurrence>,
-    ) -> Vec<String> {
-        std::iter::from_fn(|| events.try_recv().ok())
-            .map(|o| o.reason)
-            .collect()
-    }
-
-    fn names(reader: &desired::DesiredReader) -> Vec<String> {
-        let mut names: Vec<_> = reader
-            .snapshot()
-            .pods
-            .values()
-            .map(|p| p.name().to_string())
-            .collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn only_manifest_files_are_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let write = |file: &str, name: &str| {
-            std::fs::write(dir.path().join(file), POD.replace("NAME", name)).unwrap()
-        };
-        write("a.yaml", "a");
-        write("b.yml", "b");
-        write("c.json.yaml", "c");
-        write("a.yaml~", "backup");
-        write("a.yaml.bak", "bak");
-        write(".hidden.yaml", "hidden");
-        write("notes.txt", "txt");
-        std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
-        let (mut source, reader) = source(dir.path());
-        source.sync();
-        assert_eq!(names(&reader), ["a-node1", "b-node1", "c-node1"]);
-    }
-
-    #[test]
-    fn a_broken_edit_keeps_the_last_good_pod() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("web.yaml");
-        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
-        let (mut source, reader) = source(dir.path());
-        source.sync();
-        let uid = reader.snapshot().pods.keys().next().cloned().unwrap();
-        std::fs::write(&path, "apiVersion: v1\nkind: Pod\nmetadata: [").unwrap();
-        source.sync();
-        assert_eq!(reader.snapshot().pods.keys().next(), Some(&uid));
-        std::fs::write(
-            &path,
-            POD.replace("NAME", "web").replace("busybox:1", "busybox:2"),
-        )
-        .unwrap();
-        source.sync();
-        let snapshot = reader.snapshot();
-        assert_eq!(snapshot.pods.len(), 1);
-        assert_ne!(snapshot.pods.keys().next(), Some(&uid));
-    }
-
-    #[test]
-    fn removing_the_file_removes_the_pod() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("web.yaml");
-        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
-        let (mut source, reader) = source(dir.path());
-        source.sync();
-        std::fs::remove_file(&path).unwrap();
-        source.sync();
-        assert!(reader.snapshot().pods.is_empty());
-        assert!(reader.snapshot().synced);
-    }
-
-    #[test]
-    fn the_first_file_wins_a_duplicate_name() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.yaml"), POD.replace("NAME", "web")).unwrap();
-        let second = POD.replace("NAME", "web").replace("busybox:1", "busybox:2");
-        std::fs::write(dir.path().join("b.yaml"), second).unwrap();
-        let (mut source, reader) = source(dir.path());
-        source.sync();
-        let snapshot = reader.snapshot();
-        assert_eq!(snapshot.pods.len(), 1);
-        let pod = snapshot.pods.values().next().unwrap();
-        assert!(pod.source.ends_with("a.yaml"));
-    }
-
-    #[test]
-    fn oversized_files_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut text = POD.replace("NAME", "big");
-        text.push_str(&format!("# {}\n", "x".repeat(MAX_MANIFEST_BYTES as usize)));
-        std::fs::write(dir.path().join("big.yaml"), text).unwrap();
-        let (mut source, reader) = source(dir.path());
-        source.sync();
-        assert!(reader.snapshot().pods.is_empty());
-    }
-
-    #[test]
-    fn a_missing_directory_is_an_empty_set() {
-        let (mut source, reader) = source(Path::new("/nonexistent/podkeeper-manifests"));
-        source.sync();
-        assert!(reader.snapshot().synced);
-        assert!(reader.snapshot().pods.is_empty());
-    }
-
-    #[test]
-    fn ignored_entries_are_remembered_only_while_present() {
-        let dir = tempfile::tempdir().unwrap();
-        let backup = dir.path().join("web.yaml~");
-        std::fs::write(&backup, POD.replace("NAME", "web")).unwrap();
-        let (mut source, _reader) = source(dir.path());
-        source.sync();
-        source.sync();
-        assert!(source.ignored.contains(&backup));
-        std::fs::remove_file(&backup).unwrap();
-        source.sync();
-        assert!(source.ignored.is_empty());
-    }
-
-    #[test]
-    fn a_broken_file_is_reported_once_until_it_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("web.yaml");
-        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
-        let (mut source, _reader, mut events) = source_with_events(dir.path());
-        source.sync();
-        std::fs::write(&path, "apiVersion: v1\nkind: Pod\nmetadata: [").unwrap();
-        source.sync();
-        source.sync();
-        assert_eq!(reasons(&mut events), ["FailedParse"]);
-        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
-        source.sync();
-        assert_eq!(reasons(&mut events), Vec::<String>::new());
-    }
-
-    #[test]
-    fn a_manifest_others_can_write_is_refused_and_the_last_good_pod_kept() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("web.yaml");
-        let set_mode =
-            |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
-        set_mode(0o644);
-        let (mut source, reader, mut events) = source_with_events(dir.path());
-        source.sync();
-        let uid = reader.snapshot().pods.keys().next().cloned().unwrap();
-
-        // Loosened and edited: the edit is not read, the running pod stays.
-        set_mode(0o666);
-        std::fs::write(&path, POD.replace("NAME", "other")).unwrap();
-        source.sync();
-        assert_eq!(reader.snapshot().pods.keys().next(), Some(&uid));
-        assert_eq!(reasons(&mut events), ["FailedParse"]);
-
-        set_mode(0o644);
-        source.sync();
-        assert_eq!(names(&reader), ["other-node1"]);
-
-        let fresh = dir.path().join("fresh.yaml");
-        std::fs::write(&fresh, POD.replace("NAME", "fresh")).unwrap();
-        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o646)).unwrap();
-        source.sync();
-        assert_eq!(names(&reader), ["other-node1"]);
-    }
-
-    #[test]
-    fn a_duplicate_is_reported_once_and_again_after_the_conflict_went_away() {
-        let dir = tempfile::tempdir().unwrap();
-        let second = dir.path().join("b.yaml");
-        std::fs::write(dir.path().join("a.yaml"), POD.replace("NAME", "web")).unwrap();
-        let other = POD.replace("NAME", "web").replace("busybox:1", "busybox:2");
-        std::fs::write(&second, &other).unwrap();
-        let (mut source, reader, mut events) = source_with_events(dir.path());
-        source.sync();
-        source.sync();
-        assert_eq!(reasons(&mut events), ["FailedValidation"]);
-        std::fs::write(&second, POD.replace("NAME", "other")).unwrap();
-        source.sync();
-        assert_eq!(names(&reader), ["other-node1", "web-node1"]);
-        std::fs::write(&second, &other).unwrap();
-        source.sync();
-        assert_eq!(reasons(&mut events), ["FailedValidation"]);
-        assert_eq!(names(&reader), ["web-node1"]);
-    }
-
-    #[test]
-    fn a_refused_value_is_a_failed_validation_warning() {
-        let dir = tempfile::tempdir().unwrap();
-        let text = POD
-            .replace("NAME", "web")
-            .replace("  name: web\n", "  name: web\n  uid: /var/lib\n");
-        std::fs::write(dir.path().join("web.yaml"), text).unwrap();
-        let (mut source, reader, mut events) = source_with_events(dir.path());
-        source.sync();
-        assert!(reader.snapshot().pods.is_empty());
-        let event = events.try_recv().unwrap();
-        assert_eq!(event.reason, "FailedValidation");
-        let prefix = format!("{}: metadata.uid: ", dir.path().join("web.yaml").display());
-        assert!(event.message.starts_with(&prefix), "{}", event.message);
-    }
-
-    #[test]
-    fn the_first_file_wins_a_duplicate_uid() {
-        let dir = tempfile::tempdir().unwrap();
-        let with_uid = |name: &str| {
-            POD.replace("NAME", name).replace(
-                &format!("  name: {name}\n"),
-                &format!("  name: {name}\n  uid: 3f2b1c9e-5d4a-4e7b-9c1d-2a6f8e0b4c7d\n"),
-            )
-        };
-        std::fs::write(dir.path().join("a.yaml"), with_uid("web")).unwrap();
-        std::fs::write(dir.path().join("b.yaml"), with_uid("other")).unwrap();
-        let (mut source, reader, mut events) = source_with_events(dir.path());
-        source.sync();
-        assert_eq!(names(&reader), ["web-node1"]);
-        let event = events.try_recv().unwrap();
-        assert_eq!(event.reason, "FailedValidation");
-        assert!(event.message.contains("duplicate uid"), "{}", event.message);
-    }
-
-    #[test]
-    fn a_file_removed_between_listing_and_reading_is_no_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("web.yaml");
-        std::fs::write(&path, POD.replace("NAME", "web")).unwrap();
-        let (mut source, reader, mut events) = source_with_events(dir.path());
-        source.sync();
-        std::fs::remove_file(&path).unwrap();
-        source.read_file(&path);
-        assert!(source.files.is_empty());
-        assert_eq!(reasons(&mut events), Vec::<String>::new());
-        source.sync();
-        assert!(reader.snapshot().pods.is_empty());
-    }
-}
+mod tests;

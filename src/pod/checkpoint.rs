@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::plan::CrashBackoff;
 use super::state::{ContainerRecord, PodRecord, RunState};
+use crate::host::private_files;
 use crate::host::safe_path::{self, SafePath, UnsafeComponent};
 
 /// Marks the format, so a later one can tell old files apart.
@@ -131,11 +132,9 @@ impl Checkpoint {
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
+        private_files::create_dir(dir, private_files::PRIVATE_DIR_MODE)?;
         let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)
+        private_files::write_private(path, &bytes)
     }
 
     /// The saved checkpoint; `Ok(None)` if there is none.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::PodSpec;
 
 use crate::desired::DesiredPod;
-use crate::host::{remove_tree, SafePath, UnsafeComponent};
+use crate::host::{private_files, remove_tree, SafePath, UnsafeComponent};
 
 /// containerd's `defaultShmSize`.
 pub const SHM_SIZE: u64 = 64 << 20;
@@ -203,7 +203,7 @@ pub fn prepare(
     hostname: &str,
     host_ipc: bool,
 ) -> std::io::Result<()> {
-    std::fs::create_dir_all(files.dir())?;
+    private_files::create_dir(&files.dir(), private_files::PRIVATE_DIR_MODE)?;
     write_atomically(&files.hosts(), hosts)?;
     write_atomically(&files.resolv_conf(), resolv)?;
     write_atomically(&files.hostname(), &format!("{hostname}\n"))?;

@@ -10,6 +10,7 @@ use tracing::warn;
 
 use super::{StartFailure, Started, Worker};
 use crate::images::policy::{Ensured, ImageError, Provenance, PullPolicy};
+use crate::logs;
 use crate::pod::plan::PULL_ERROR_VISIBLE;
 use crate::pod::runtime::PodRuntime;
 use crate::pod::state::RunState;
@@ -354,21 +355,20 @@ impl<R: PodRuntime> Worker<R> {
 
     /// `<pod-log-dir>/<namespace>_<name>_<uid>/<container>/<restart>.log`,
     /// the kubelet's layout, created empty (the shim opens it without
-    /// O_CREAT). Logs of runs before the previous one are removed, as the
-    /// kubelet removes them with their dead containers; the previous run's
-    /// stay for `logs --previous`.
+    /// O_CREAT), 0640 in directories 0750: logs can hold secrets. Logs of
+    /// runs before the previous one are removed, as the kubelet removes
+    /// them with their dead containers; the previous run's stay for
+    /// `logs --previous`.
     fn prepare_log_file(&self, container: &str, restart: u32) -> std::io::Result<PathBuf> {
-        let dir = self
-            .pod_log_dir()
-            .and_then(|pod_dir| pod_dir.join(&[container]))
+        let pod_dir = self.pod_log_dir().map_err(std::io::Error::other)?;
+        let dir = pod_dir
+            .join(&[container])
             .map_err(std::io::Error::other)?
             .path();
-        std::fs::create_dir_all(&dir)?;
+        logs::create_log_dir(&pod_dir.path())?;
+        logs::create_log_dir(&dir)?;
         let path = dir.join(format!("{restart}.log"));
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
+        logs::open_log_file(&path)?;
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let name = entry.file_name();
             let run = name

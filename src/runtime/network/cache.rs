@@ -4,12 +4,14 @@
 //! network/sandbox/interface, written atomically.
 
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{NetworkError, PortMapping};
+use crate::host::private_files;
 
 /// Marks the file format, so a future change can tell old files apart.
 const KIND: &str = "podkeeperCniCacheV1";
@@ -71,7 +73,8 @@ pub(super) fn write(dir: &Path, entry: &CachedResult) -> Result<(), NetworkError
         &entry.container_id,
         &entry.if_name,
     );
-    std::fs::create_dir_all(dir).map_err(|e| cache_error(dir, e))?;
+    private_files::create_dir(dir, private_files::PRIVATE_DIR_MODE)
+        .map_err(|e| cache_error(dir, e))?;
     let bytes = serde_json::to_vec(entry).map_err(|e| cache_error(&target, e))?;
     let mut tmp = tempfile_in(dir).map_err(|e| cache_error(dir, e))?;
     let written = tmp
@@ -96,6 +99,7 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(private_files::PRIVATE_FILE_MODE)
             .open(&path)
         {
             Ok(file) => return Ok((path, file)),

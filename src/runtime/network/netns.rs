@@ -16,7 +16,10 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::host::private_files;
 
 /// `NSFS_MAGIC` from linux/magic.h: the file system of `/proc/*/ns/*` and of
 /// bind mounts of them.
@@ -36,12 +39,13 @@ const MAX_UNMOUNTS: usize = 8;
 pub fn create(dir: &Path, name: &str) -> io::Result<PathBuf> {
     crate::host::safe_path::check(name)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    std::fs::create_dir_all(dir)?;
+    private_files::create_dir(dir, private_files::PRIVATE_DIR_MODE)?;
     let path = dir.join(name);
     // The mount point; create_new so two creators cannot share a namespace.
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(private_files::PRIVATE_FILE_MODE)
         .open(&path)?;
     let target = path.clone();
     let pinned = std::thread::Builder::new()

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Event;
 use tracing::warn;
 
+use crate::host::private_files;
+
 /// Lines beyond the live events before the file is rewritten, on top of
 /// as many lines as there are live events.
 const SLACK_LINES: usize = 1024;
@@ -49,13 +51,8 @@ impl Journal {
             path: path.into(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
+        let file =
+            private_files::open_append(path, private_files::PRIVATE_FILE_MODE).map_err(io)?;
         let mut reader = BufReader::new(&file);
         let mut events = HashMap::new();
         let mut line = Vec::new();
@@ -138,17 +135,13 @@ impl Journal {
             path: self.path.clone(),
             source,
         };
-        let temporary = self.path.with_extension("jsonl.tmp");
         let mut content = Vec::new();
         let mut lines = 0;
         for event in events {
             serialize_line(event, &mut content);
             lines += 1;
         }
-        let mut file = File::create(&temporary).map_err(io)?;
-        file.write_all(&content).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&temporary, &self.path).map_err(io)?;
+        private_files::write_private(&self.path, &content).map_err(io)?;
         if let Some(dir) = self.path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
