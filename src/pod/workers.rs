@@ -2,12 +2,15 @@
 //! workers of pods no longer desired, and routes containerd events to the
 //! worker that owns the container.
 //!
-//! A pod whose previous worker (same UID, or same namespace/name after an
+//! A pod whose previous version (same UID, or same namespace/name after an
 //! edit) is still stopping waits for it, so two workers never act on the
 //! same containers and an edited static pod starts only after its old
-//! version is gone, as the kubelet does.
+//! version is gone, as the kubelet does. That previous version may be a
+//! worker's pod or an orphan: a pod whose manifest went away while the
+//! agent was down, found in containerd after the first full read of the
+//! manifests and stopped as its containers' labels say.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -15,8 +18,8 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::checkpoint::Checkpoint;
-use super::runtime::PodRuntime;
-use super::worker::{Worker, WorkerContext};
+use super::runtime::{LabelledPod, PodRuntime};
+use super::worker::{stop_orphan, Worker, WorkerContext};
 use crate::desired::{DesiredPod, DesiredReader, DesiredState};
 use crate::runtime::containerd::events::RuntimeEvent;
 use crate::runtime::labels;
@@ -34,6 +37,13 @@ pub struct Workers<R> {
     /// Pod UID by container-ID prefix, for routing events.
     by_prefix: HashMap<String, String>,
     tasks: JoinSet<String>,
+    /// Pods left by an earlier run of the agent, being stopped, by the ID
+    /// of the task stopping each (a task that panics still says which).
+    orphans: HashMap<tokio::task::Id, LabelledPod>,
+    orphan_stops: JoinSet<()>,
+    /// Desired pods held back by an older version still stopping; each is
+    /// logged once.
+    held: HashSet<String>,
     orphans_collected: bool,
 }
 
@@ -44,6 +54,9 @@ impl<R: PodRuntime> Workers<R> {
             workers: HashMap::new(),
             by_prefix: HashMap::new(),
             tasks: JoinSet::new(),
+            orphans: HashMap::new(),
+            orphan_stops: JoinSet::new(),
+            held: HashSet::new(),
             orphans_collected: false,
         }
     }
@@ -73,6 +86,14 @@ impl<R: PodRuntime> Workers<R> {
                     }
                     self.reconcile(&state).await;
                 }
+                Some(done) = self.orphan_stops.join_next_with_id() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => e.id(),
+                    };
+                    self.orphans.remove(&id);
+                    self.reconcile(&state).await;
+                }
             }
         }
     }
@@ -80,6 +101,11 @@ impl<R: PodRuntime> Workers<R> {
     async fn reconcile(&mut self, state: &DesiredState) {
         if !state.synced {
             return;
+        }
+        // Before any worker starts: a new pod may have an orphan's name.
+        if !self.orphans_collected {
+            self.orphans_collected = true;
+            self.collect_orphans(state).await;
         }
         for (uid, handle) in &mut self.workers {
             if !state.pods.contains_key(uid) {
@@ -89,22 +115,37 @@ impl<R: PodRuntime> Workers<R> {
                 }
             }
         }
+        self.held.retain(|uid| state.pods.contains_key(uid));
         for (uid, pod) in &state.pods {
-            if self.workers.contains_key(uid) || self.blocked_by_same_name(pod) {
+            if self.workers.contains_key(uid) {
                 continue;
             }
+            if let Some(old) = self.previous_version(pod) {
+                if self.held.insert(uid.clone()) {
+                    info!(pod = %pod.name(), uid, old_uid = %old, "waiting for the pod's previous version to stop before starting it");
+                }
+                continue;
+            }
+            self.held.remove(uid);
             self.spawn(pod.clone());
-        }
-        if !self.orphans_collected {
-            self.orphans_collected = true;
-            self.collect_orphans(state).await;
         }
     }
 
-    /// True while a stopping worker holds a pod of the same name.
-    fn blocked_by_same_name(&self, pod: &DesiredPod) -> bool {
-        self.workers.values().any(|h| {
-            h.stop.is_none() && h.pod.name() == pod.name() && h.pod.namespace() == pod.namespace()
+    /// The UID of an older version of `pod` that is still stopping: a
+    /// worker's pod of the same name, or an orphan of the same name or UID.
+    fn previous_version(&self, pod: &DesiredPod) -> Option<String> {
+        let same_name =
+            |namespace: &str, name: &str| name == pod.name() && namespace == pod.namespace();
+        let stopping_worker = self
+            .workers
+            .values()
+            .find(|h| h.stop.is_none() && same_name(h.pod.namespace(), h.pod.name()))
+            .map(|h| h.pod.uid().to_string());
+        stopping_worker.or_else(|| {
+            self.orphans
+                .values()
+                .find(|o| o.uid == pod.uid() || same_name(&o.namespace, &o.name))
+                .map(|o| o.uid.clone())
         })
     }
 
@@ -150,33 +191,39 @@ impl<R: PodRuntime> Workers<R> {
         }
     }
 
-    /// Once, after the first full read of the manifests: removes containers
-    /// of pods that are not desired (left by an earlier run of the agent
-    /// whose manifests were removed meanwhile).
-    async fn collect_orphans(&self, state: &DesiredState) {
-        let uids = match self.ctx.runtime.pod_uids().await {
-            Ok(uids) => uids,
+    /// Once, after the first full read of the manifests: stops and removes
+    /// pods that are not desired (left by an earlier run of the agent whose
+    /// manifests were removed meanwhile), each as a pod is stopped.
+    async fn collect_orphans(&mut self, state: &DesiredState) {
+        let pods = match self.ctx.runtime.pods().await {
+            Ok(pods) => pods,
             Err(e) => {
                 warn!(error = %e, "cannot list containers to clean up");
                 return;
             }
         };
-        for uid in uids.into_iter().filter(|uid| !state.pods.contains_key(uid)) {
-            info!(uid = %uid, "removing a pod that is no longer desired");
+        for pod in pods
+            .into_iter()
+            .filter(|p| !state.pods.contains_key(&p.uid))
+        {
+            info!(pod = %pod.name, uid = %pod.uid, "stopping a pod that is no longer desired");
             let runtime = self.ctx.runtime.clone();
-            let checkpoint = Checkpoint::path(&self.ctx.state_dir, &uid);
-            tokio::spawn(async move {
+            let recorder = self.ctx.recorder.clone();
+            let checkpoint = Checkpoint::path(&self.ctx.state_dir, &pod.uid);
+            let orphan = pod.clone();
+            let task = self.orphan_stops.spawn(async move {
                 // The checkpoint stays with containers that could not go.
-                if !runtime.remove_pod(&uid).await {
+                if !stop_orphan(runtime.as_ref(), &recorder, &orphan).await {
                     return;
                 }
                 let removed = checkpoint
                     .map_err(std::io::Error::other)
                     .and_then(|path| Checkpoint::remove(&path));
                 if let Err(e) = removed {
-                    warn!(uid = %uid, error = %e, "cannot remove the pod's checkpoint");
+                    warn!(uid = %orphan.uid, error = %e, "cannot remove the pod's checkpoint");
                 }
             });
+            self.orphans.insert(task.id(), pod);
         }
     }
 }

@@ -270,7 +270,10 @@ mod tests {
         let error = stop.insert_into(&mut labels).unwrap_err();
         assert!(matches!(error, StopLabelError::HandlerTooLarge { .. }));
         assert_eq!(labels.len(), 1);
-        assert_eq!(StopLabels::from_labels(&labels).0.grace(), Duration::from_secs(5));
+        assert_eq!(
+            StopLabels::from_labels(&labels).0.grace(),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
@@ -296,7 +299,10 @@ mod tests {
             (STOP_SIGNAL, "SIGTERM"),
             (STOP_SIGNAL, "-9"),
             (PRE_STOP_HANDLER, "{"),
-            (PRE_STOP_HANDLER, "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["),
+            (
+                PRE_STOP_HANDLER,
+                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+            ),
             (PRE_STOP_HANDLER, "{\"exec\":{\"command\":\"not a list\"}}"),
             (PRE_STOP_HANDLER, &"x".repeat(LABEL_LIMIT + 1)),
         ];

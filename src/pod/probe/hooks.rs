@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::handler::{self, go_quote, HttpError};
 use super::ProbeTarget;
@@ -48,6 +49,20 @@ impl Hook {
             Hook::PreStop => "PreStopHook failed",
         }
     }
+}
+
+/// `container`'s preStop handler as kept in its labels for a stop without
+/// its spec: a named httpGet port is resolved now, since the container's
+/// ports are not kept (an unknown name stays and fails when the hook runs,
+/// as it would have with the spec).
+pub fn kept_pre_stop(container: &Container) -> Option<LifecycleHandler> {
+    let mut handler = Hook::PreStop.handler_of(container)?.clone();
+    if let Some(action) = &mut handler.http_get {
+        if let Ok(port) = handler::resolve_port(&action.port, container) {
+            action.port = IntOrString::Int(port.into());
+        }
+    }
+    Some(handler)
 }
 
 /// Runs a lifecycle handler for `target`'s container, for at most `limit`
