@@ -227,3 +227,135 @@ impl<R: PodRuntime> Workers<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::{ExecAction, LifecycleHandler};
+
+    use super::*;
+    use crate::desired::DesiredWriter;
+    use crate::pod::fake::FakeRuntime;
+    use crate::runtime::containerd::exec::ExecOutput;
+    use crate::runtime::stop_labels::StopLabels;
+    use crate::status::events::{test_recorder, Occurrence};
+    use crate::status::store::StatusStore;
+
+    const OLD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: app, image: x:1}\n";
+    const NEW: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: app, image: x:2}\n";
+
+    fn pod(manifest: &str) -> Arc<DesiredPod> {
+        let path = std::path::Path::new("/m/web.yaml");
+        Arc::new(crate::manifest::parse::parse_manifest(manifest.as_bytes(), path, "n").unwrap())
+    }
+
+    struct Node {
+        fake: Arc<FakeRuntime>,
+        desired: DesiredWriter,
+        _events: mpsc::Receiver<Occurrence>,
+        _runtime_events: mpsc::Sender<RuntimeEvent>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// An agent coming back to `old`'s containers, left running with a
+    /// preStop hook and a 30 s grace period; its app container ignores
+    /// its stop signal.
+    fn agent_with_orphan(old: &DesiredPod) -> Node {
+        let fake = Arc::new(FakeRuntime::new(&["x:1", "x:2"]));
+        let mut run = labels::for_run(old, "app", 0);
+        let stop = StopLabels {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["pre".into()]),
+                }),
+                ..Default::default()
+            }),
+            grace_period: Some(Duration::from_secs(30)),
+            stop_signal: Some(libc::SIGQUIT),
+        };
+        stop.insert_into(&mut run).unwrap();
+        let sandbox = labels::for_container(old, labels::SANDBOX_NAME);
+        fake.add_running(&labels::sandbox_id(old.uid()), sandbox, false);
+        fake.add_running(&labels::container_id(old.uid(), "app", 0), run, true);
+        let output = ExecOutput {
+            exit_code: 0,
+            output: String::new(),
+            timed_out: false,
+        };
+        fake.script_exec("pre", vec![Ok(output)]);
+        let dir = tempfile::tempdir().unwrap();
+        let (recorder, events) = test_recorder();
+        let ctx = Arc::new(WorkerContext {
+            runtime: fake.clone(),
+            status: Arc::new(StatusStore::default()),
+            recorder,
+            pod_log_dir: dir.path().join("logs"),
+            state_dir: dir.path().join("state"),
+        });
+        let (desired, reader) = crate::desired::channel();
+        let (runtime_events, runtime_events_rx) = mpsc::channel(1);
+        tokio::spawn(Workers::new(ctx).run(reader, runtime_events_rx));
+        Node {
+            fake,
+            desired,
+            _events: events,
+            _runtime_events: runtime_events,
+            _dir: dir,
+        }
+    }
+
+    fn position(calls: &[String], call: &str) -> Option<usize> {
+        calls.iter().position(|c| c == call)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_pod_of_an_orphans_name_starts_only_once_the_orphan_is_stopped_as_it_asked() {
+        let (old, new) = (pod(OLD), pod(NEW));
+        assert_ne!(old.uid(), new.uid());
+        let node = agent_with_orphan(&old);
+        node.desired
+            .replace(BTreeMap::from([(new.uid().to_string(), new.clone())]));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let app = labels::container_id(old.uid(), "app", 0);
+        let calls = node.fake.calls();
+        let prepare_new = format!("prepare {}", new.uid());
+        assert!(
+            position(&calls, &format!("exec {app} pre")).is_some(),
+            "{calls:?}"
+        );
+        assert_eq!(position(&calls, &prepare_new), None, "{calls:?}");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let calls = node.fake.calls();
+        let removed = position(&calls, &format!("remove-pod {}", old.uid()));
+        let prepared = position(&calls, &prepare_new);
+        assert!(removed.is_some() && prepared.is_some(), "{calls:?}");
+        assert!(removed < prepared, "{calls:?}");
+        let signals = node.fake.signals();
+        assert!(
+            signals.contains(&(app, libc::SIGQUIT, Duration::from_secs(30))),
+            "{signals:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_manifest_coming_back_waits_for_its_pod_to_finish_stopping_as_an_orphan() {
+        let old = pod(OLD);
+        let node = agent_with_orphan(&old);
+        node.desired.replace(BTreeMap::new());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        node.desired
+            .replace(BTreeMap::from([(old.uid().to_string(), old.clone())]));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let prepare = format!("prepare {}", old.uid());
+        assert_eq!(position(&node.fake.calls(), &prepare), None);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let calls = node.fake.calls();
+        let removed = position(&calls, &format!("remove-pod {}", old.uid()));
+        assert!(
+            removed.is_some() && removed < position(&calls, &prepare),
+            "{calls:?}"
+        );
+    }
+}
