@@ -145,3 +145,23 @@ pub async fn run_hook<R: PodRuntime>(
     }
     Err("Cannot run handler: invalid handler: no exec, httpGet or sleep action".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_pre_stop_names_its_port_by_number() {
+        let yaml = "name: app\nports: [{name: http, containerPort: 8080}]\nlifecycle:\n  preStop: {httpGet: {path: /quit, port: http}}\n  postStart: {exec: {command: [post]}}\n";
+        let mut container: Container = serde_yaml::from_str(yaml).unwrap();
+        let kept = kept_pre_stop(&container).unwrap();
+        let action = kept.http_get.unwrap();
+        assert_eq!(action.port, IntOrString::Int(8080));
+        assert_eq!(action.path.as_deref(), Some("/quit"));
+        container.ports = None;
+        let kept = kept_pre_stop(&container).unwrap();
+        assert_eq!(kept.http_get.unwrap().port, IntOrString::String("http".into()));
+        container.lifecycle.as_mut().unwrap().pre_stop = None;
+        assert_eq!(kept_pre_stop(&container), None);
+    }
+}
