@@ -87,9 +87,11 @@ fn a_pod_removed_while_the_agent_was_down_gets_its_pre_stop_and_grace_period_bef
     agent.write_manifest("old.yaml", &old_pod(&marks));
     let name = format!("orphan-{NODE}");
     agent.wait_running(&name, 1, Duration::from_secs(30));
-    agent.wait_until("the old container's first line", Duration::from_secs(10), || {
-        read_log().contains("old-started")
-    });
+    agent.wait_until(
+        "the old container's first line",
+        Duration::from_secs(10),
+        || read_log().contains("old-started"),
+    );
     let old_uid = agent.pod(&name).unwrap()["metadata"]["uid"]
         .as_str()
         .unwrap()

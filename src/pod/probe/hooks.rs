@@ -160,7 +160,10 @@ mod tests {
         assert_eq!(action.path.as_deref(), Some("/quit"));
         container.ports = None;
         let kept = kept_pre_stop(&container).unwrap();
-        assert_eq!(kept.http_get.unwrap().port, IntOrString::String("http".into()));
+        assert_eq!(
+            kept.http_get.unwrap().port,
+            IntOrString::String("http".into())
+        );
         container.lifecycle.as_mut().unwrap().pre_stop = None;
         assert_eq!(kept_pre_stop(&container), None);
     }
