@@ -358,4 +358,36 @@ mod tests {
             "{calls:?}"
         );
     }
+
+    #[tokio::test]
+    async fn an_orphans_largest_grace_period_does_not_overflow_a_deadline() {
+        let old = pod(OLD);
+        let fake = FakeRuntime::new(&[]);
+        let mut run = labels::for_run(&old, "app", 0);
+        run.insert(
+            crate::runtime::stop_labels::GRACE_PERIOD.into(),
+            i64::MAX.to_string(),
+        );
+        // A closed port on loopback: the hook fails at once.
+        let hook = r#"{"httpGet":{"host":"127.0.0.1","port":1,"path":"/"}}"#;
+        run.insert(
+            crate::runtime::stop_labels::PRE_STOP_HANDLER.into(),
+            hook.into(),
+        );
+        let app = labels::container_id(old.uid(), "app", 0);
+        fake.add_running(&app, run, false);
+        let (recorder, mut events) = test_recorder();
+        let orphan = LabelledPod {
+            uid: old.uid().into(),
+            namespace: old.namespace().into(),
+            name: old.name().into(),
+        };
+        assert!(stop_orphan(&fake, &recorder, &orphan).await);
+        let mut reasons = Vec::new();
+        while let Ok(o) = events.try_recv() {
+            reasons.push(o.reason);
+        }
+        assert_eq!(reasons, ["Killing", "FailedPreStopHook"]);
+        assert_eq!(fake.signals()[0].0, app);
+    }
 }
