@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::runtime::{ExistingContainer, PodRuntime, SandboxEnvironment, SandboxFailure};
+use super::runtime::{
+    ExistingContainer, LabelledPod, PodRuntime, SandboxEnvironment, SandboxFailure,
+};
 use crate::desired::DesiredPod;
 use crate::images::policy::{Ensured, ImageError, OnPull, Provenance, PullPolicy};
 use crate::runtime::containerd::exec::ExecOutput;
@@ -31,6 +33,8 @@ struct State {
     fail_next_run: Option<(String, String)>,
     /// Containers whose ID contains this cannot be removed.
     unremovable: Option<String>,
+    /// Each `stop_container`: the container, signal and grace period.
+    signals: Vec<(String, i32, Duration)>,
 }
 
 #[derive(Clone)]
@@ -40,6 +44,10 @@ struct FakeContainer {
     restart_count: Option<u32>,
     /// `None` once the task is deleted.
     task: Option<TaskState>,
+    labels: HashMap<String, String>,
+    /// Ignores its stop signal: only SIGKILL at the end of the grace
+    /// period stops it.
+    stubborn: bool,
 }
 
 pub struct FakeRuntime {
@@ -124,6 +132,31 @@ impl FakeRuntime {
 
     pub fn pid_of(&self, id: &str) -> Option<u32> {
         self.state().containers.get(id).map(|c| c.pid)
+    }
+
+    /// A running container left by an earlier run of the agent, with these
+    /// labels; `stubborn` ignores its stop signal.
+    pub fn add_running(&self, id: &str, labels: HashMap<String, String>, stubborn: bool) {
+        let mut state = self.state();
+        state.next_pid += 1;
+        let pid = state.next_pid;
+        let container = FakeContainer {
+            pid,
+            name: labels
+                .get(crate::runtime::labels::CONTAINER_NAME)
+                .cloned()
+                .unwrap_or_default(),
+            restart_count: None,
+            task: Some(TaskState::Running { pid }),
+            labels,
+            stubborn,
+        };
+        state.containers.insert(id.into(), container);
+    }
+
+    /// Each `stop_container` so far: the container, signal and grace.
+    pub fn signals(&self) -> Vec<(String, i32, Duration)> {
+        self.state().signals.clone()
     }
 
     pub fn live_containers(&self) -> Vec<String> {
@@ -220,14 +253,24 @@ impl PodRuntime for FakeRuntime {
             restart_count: label(crate::runtime::labels::RESTART_COUNT)
                 .and_then(|n| n.parse().ok()),
             task: Some(TaskState::Running { pid }),
+            labels: new.labels.clone(),
+            stubborn: false,
         };
         state.containers.insert(new.id.to_string(), container);
         Ok(pid)
     }
 
-    async fn stop_container(&self, id: &str, _signal: i32, _grace: Duration) -> bool {
-        self.state().calls.push(format!("stop {id}"));
-        false
+    async fn stop_container(&self, id: &str, signal: i32, grace: Duration) -> bool {
+        let stubborn = {
+            let mut state = self.state();
+            state.calls.push(format!("stop {id}"));
+            state.signals.push((id.to_string(), signal, grace));
+            state.containers.get(id).is_some_and(|c| c.stubborn)
+        };
+        if stubborn {
+            tokio::time::sleep(grace).await;
+        }
+        stubborn
     }
 
     async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
@@ -286,14 +329,34 @@ impl PodRuntime for FakeRuntime {
                 restart_count: c.restart_count,
                 created_at: None,
                 task: c.task,
+                labels: c.labels.clone(),
             })
             .collect();
         existing.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(existing)
     }
 
-    async fn pod_uids(&self) -> Result<Vec<String>, RuntimeError> {
-        Ok(Vec::new())
+    async fn pods(&self) -> Result<Vec<LabelledPod>, RuntimeError> {
+        let state = self.state();
+        let mut pods: Vec<LabelledPod> = state
+            .containers
+            .values()
+            .filter_map(|c| {
+                let label = |key: &str| c.labels.get(key).cloned().unwrap_or_default();
+                Some(LabelledPod {
+                    uid: c.labels.get(crate::runtime::labels::POD_UID)?.clone(),
+                    namespace: label(crate::runtime::labels::POD_NAMESPACE),
+                    name: label(crate::runtime::labels::POD_NAME),
+                })
+            })
+            .collect();
+        pods.sort_by(|a, b| a.uid.cmp(&b.uid));
+        pods.dedup_by(|a, b| a.uid == b.uid);
+        Ok(pods)
+    }
+
+    fn pod_ip(&self, _uid: &str) -> Option<String> {
+        Some("10.0.0.9".into())
     }
 
     async fn task_state(&self, id: &str) -> Result<TaskState, RuntimeError> {

@@ -3,6 +3,7 @@
 //! service ([`super::node::NodeRuntime`]); worker tests plug in a fake that
 //! records calls.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +62,18 @@ pub struct ExistingContainer {
     pub created_at: Option<jiff::Timestamp>,
     /// `None`: no task (never started, or deleted after its exit).
     pub task: Option<TaskState>,
+    /// The container's labels, which say how to stop it
+    /// ([`crate::runtime::stop_labels::StopLabels`]) when no spec is left.
+    pub labels: HashMap<String, String>,
+}
+
+/// A pod that has containers, as their labels name it: all the agent knows
+/// of a pod whose manifest went away while it was down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledPod {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
 }
 
 pub trait PodRuntime: Send + Sync + 'static {
@@ -145,8 +158,13 @@ pub trait PodRuntime: Send + Sync + 'static {
         uid: &str,
     ) -> impl Future<Output = Result<Vec<ExistingContainer>, RuntimeError>> + Send;
 
-    /// UIDs of all pods that have containers.
-    fn pod_uids(&self) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
+    /// Every pod that has containers, once each.
+    fn pods(&self) -> impl Future<Output = Result<Vec<LabelledPod>, RuntimeError>> + Send;
+
+    /// The address a pod's hooks reach it at when no spec is left: the
+    /// pod's network address, the node's for a pod without a network of
+    /// its own; `None` if unknown.
+    fn pod_ip(&self, uid: &str) -> Option<String>;
 
     fn task_state(&self, id: &str) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
 

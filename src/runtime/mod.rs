@@ -12,6 +12,7 @@ pub mod pod_files;
 pub mod quantity;
 pub mod resources;
 pub mod spec;
+pub mod stop_labels;
 
 /// The parts of an image's config a container's process is built from.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::handler::{self, go_quote, HttpError};
 use super::ProbeTarget;
@@ -48,6 +49,20 @@ impl Hook {
             Hook::PreStop => "PreStopHook failed",
         }
     }
+}
+
+/// `container`'s preStop handler as kept in its labels for a stop without
+/// its spec: a named httpGet port is resolved now, since the container's
+/// ports are not kept (an unknown name stays and fails when the hook runs,
+/// as it would have with the spec).
+pub fn kept_pre_stop(container: &Container) -> Option<LifecycleHandler> {
+    let mut handler = Hook::PreStop.handler_of(container)?.clone();
+    if let Some(action) = &mut handler.http_get {
+        if let Ok(port) = handler::resolve_port(&action.port, container) {
+            action.port = IntOrString::Int(port.into());
+        }
+    }
+    Some(handler)
 }
 
 /// Runs a lifecycle handler for `target`'s container, for at most `limit`
@@ -129,4 +144,27 @@ pub async fn run_hook<R: PodRuntime>(
         };
     }
     Err("Cannot run handler: invalid handler: no exec, httpGet or sleep action".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_pre_stop_names_its_port_by_number() {
+        let yaml = "name: app\nports: [{name: http, containerPort: 8080}]\nlifecycle:\n  preStop: {httpGet: {path: /quit, port: http}}\n  postStart: {exec: {command: [post]}}\n";
+        let mut container: Container = serde_yaml::from_str(yaml).unwrap();
+        let kept = kept_pre_stop(&container).unwrap();
+        let action = kept.http_get.unwrap();
+        assert_eq!(action.port, IntOrString::Int(8080));
+        assert_eq!(action.path.as_deref(), Some("/quit"));
+        container.ports = None;
+        let kept = kept_pre_stop(&container).unwrap();
+        assert_eq!(
+            kept.http_get.unwrap().port,
+            IntOrString::String("http".into())
+        );
+        container.lifecycle.as_mut().unwrap().pre_stop = None;
+        assert_eq!(kept_pre_stop(&container), None);
+    }
 }

@@ -24,6 +24,8 @@ mod probes;
 mod start;
 mod stop;
 
+pub(crate) use stop::stop_orphan;
+
 use super::checkpoint::{Checkpoint, Clocks};
 use super::plan::plan;
 use super::probe::{ContainerProbes, ProbeUpdate};

@@ -148,7 +148,7 @@ impl<R: PodRuntime> Worker<R> {
             image: &image.name,
             chain_id: &image.chain_id,
             spec: &oci,
-            labels: labels::for_run(&self.pod, &container.name, restart_count),
+            labels: self.run_labels(container, restart_count, image.config.stop_signal()),
             log_target: Some(&log_target),
         };
         match self.ctx.runtime.run_container(new).await {

@@ -3,14 +3,20 @@
 //! filesystem for volumes and shared files.
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::runtime::{ExistingContainer, PodRuntime, SandboxEnvironment, SandboxFailure};
+mod holdings;
+
+use holdings::SandboxHoldings;
+
+use super::runtime::{
+    ExistingContainer, LabelledPod, PodRuntime, SandboxEnvironment, SandboxFailure,
+};
 use super::volumes::{self, PreparedVolumes};
 use crate::desired::DesiredPod;
 use crate::host::{SafePath, UnsafeComponent};
@@ -269,68 +275,6 @@ fn network_request<'a>(
     }
 }
 
-/// What a pod's sandbox holds on the node besides containers, to release:
-/// known from the desired pod, or, for a pod whose manifest went away while
-/// the agent was down, from its sandbox container.
-struct SandboxHoldings<'a> {
-    uid: &'a str,
-    name: &'a str,
-    namespace: &'a str,
-    host_network: bool,
-    /// Only a fallback: the mappings given at ADD are in the CNI cache.
-    port_mappings: Vec<PortMapping>,
-    cgroup: Option<String>,
-}
-
-impl<'a> SandboxHoldings<'a> {
-    fn of_pod(pod: &'a DesiredPod, cgroup_root: &str) -> SandboxHoldings<'a> {
-        let spec = pod.pod.spec.clone().unwrap_or_default();
-        let cgroup = resources::qos_class(&spec)
-            .and_then(|qos| resources::pod_cgroup(pod.uid(), &spec, qos, cgroup_root))
-            .ok()
-            .map(|c| c.path);
-        SandboxHoldings {
-            uid: pod.uid(),
-            name: pod.name(),
-            namespace: pod.namespace(),
-            host_network: spec.host_network.unwrap_or(false),
-            port_mappings: hostport::port_mappings(&pod.pod),
-            cgroup,
-        }
-    }
-
-    /// From the sandbox container's labels and OCI spec (its cgroup's
-    /// parent is the pod cgroup).
-    fn of_sandbox(
-        uid: &'a str,
-        sandbox: &'a containerd_client::services::v1::Container,
-        cgroup_root: &str,
-    ) -> SandboxHoldings<'a> {
-        let label = |key: &str| sandbox.labels.get(key).map(String::as_str).unwrap_or("");
-        let spec: Option<serde_json::Value> = sandbox
-            .spec
-            .as_ref()
-            .and_then(|any| serde_json::from_slice(&any.value).ok());
-        let cgroup = spec
-            .as_ref()
-            .and_then(|s| s["linux"]["cgroupsPath"].as_str())
-            .and_then(|path| Path::new(path).parent())
-            .filter(|parent| {
-                let plain = |c: Component| matches!(c, Component::RootDir | Component::Normal(_));
-                parent.starts_with(cgroup_root) && parent.components().all(plain)
-            })
-            .map(|parent| parent.to_string_lossy().into_owned());
-        SandboxHoldings {
-            uid,
-            name: label(labels::POD_NAME),
-            namespace: label(labels::POD_NAMESPACE),
-            host_network: false,
-            port_mappings: Vec::new(),
-            cgroup,
-        }
-    }
-}
-
 fn failure(reason: &'static str, message: impl Into<String>) -> SandboxFailure {
     SandboxFailure {
         reason,
@@ -561,23 +505,51 @@ impl PodRuntime for NodeRuntime {
                 created_at: container.created_at.and_then(timestamp),
                 id: container.id,
                 task,
+                labels: container.labels,
             });
         }
         Ok(existing)
     }
 
-    async fn pod_uids(&self) -> Result<Vec<String>, RuntimeError> {
+    async fn pods(&self) -> Result<Vec<LabelledPod>, RuntimeError> {
         let containers = self
             .containerd
             .list_containers(&labels::any_pod_filter())
             .await?;
-        let mut uids: Vec<String> = containers
+        let mut pods: Vec<LabelledPod> = containers
             .iter()
-            .filter_map(|c| c.labels.get(labels::POD_UID).cloned())
+            .filter_map(|c| {
+                let label = |key: &str| c.labels.get(key).cloned();
+                Some(LabelledPod {
+                    uid: label(labels::POD_UID)?,
+                    namespace: label(labels::POD_NAMESPACE).unwrap_or_default(),
+                    name: label(labels::POD_NAME).unwrap_or_default(),
+                })
+            })
             .collect();
-        uids.sort();
-        uids.dedup();
-        Ok(uids)
+        pods.sort_by(|a, b| a.uid.cmp(&b.uid));
+        pods.dedup_by(|a, b| a.uid == b.uid);
+        Ok(pods)
+    }
+
+    fn pod_ip(&self, uid: &str) -> Option<String> {
+        let sandbox_id = labels::sandbox_id(uid);
+        if self.network.has_result(&sandbox_id) {
+            let network = self.network.adopt(&sandbox_id).ok()?;
+            return network.ips.first().map(ToString::to_string);
+        }
+        // Neither a CNI result nor a namespace: the pod used the node's
+        // network, where hooks reach it as a live worker's do.
+        if self.netns_path(uid).ok()?.exists() {
+            return None;
+        }
+        Some(
+            self.settings
+                .host_ip
+                .as_deref()
+                .unwrap_or("127.0.0.1")
+                .to_string(),
+        )
     }
 
     async fn task_state(&self, id: &str) -> Result<TaskState, RuntimeError> {
