@@ -262,7 +262,9 @@ fn a_pod_removed_while_the_agent_was_down_is_removed_with_its_network() {
     agent.restart().unwrap();
     agent.wait_until(
         "the pod and all it held gone",
-        Duration::from_secs(15),
+        // The orphan is stopped as the pod asked: its shells ignore SIGTERM,
+        // so each container takes its 2 s grace period before SIGKILL.
+        Duration::from_secs(30),
         || {
             containerd
                 .ctr(namespace, &["containers", "ls", "-q"])
