@@ -177,12 +177,7 @@ impl RegistryClient {
                     .transport
                     .send(Method::HEAD, &url, &accept, &target, &attempt)
                     .await?;
-                let announced = response
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                if let Some(digest) = announced {
+                if let Some(digest) = announced_digest(&response) {
                     return Ok(digest);
                 }
                 let response = self
@@ -274,13 +269,15 @@ impl RegistryClient {
         let target = self.target(reference);
         let url = target.url(&format!("manifests/{}", tag_or_digest(reference)));
         let accept = ACCEPTED_MANIFEST_TYPES.join(", ");
-        let bytes = within_deadline(
+        let (bytes, announced) = within_deadline(
             async {
                 let response = self
                     .transport
                     .send(Method::GET, &url, &accept, &target, &attempt)
                     .await?;
-                read_capped(response, MAX_MANIFEST_BYTES, "manifest", &attempt).await
+                let announced = announced_digest(&response);
+                let body = read_capped(response, MAX_MANIFEST_BYTES, "manifest", &attempt).await?;
+                Ok((body, announced))
             },
             "manifest request",
             &attempt,
@@ -289,6 +286,16 @@ impl RegistryClient {
         // The digest handed on is computed here, so that it cannot be
         // anything but the bytes' own.
         let digest = sha256_digest(&bytes);
+        // A registry whose storage changed under it serves other bytes than
+        // the digest it announces; only a well-formed announcement is compared.
+        if let Some(announced) = announced.filter(|a| is_sha256_digest(a)) {
+            if announced != digest {
+                return Err(RegistryError::Invalid(format!(
+                    "{what}: content has digest {digest}, but registry {} announces {announced}",
+                    attempt.host
+                )));
+            }
+        }
         if let Some(expected) = reference.digest() {
             if expected != digest {
                 return Err(RegistryError::Invalid(format!(
@@ -329,6 +336,12 @@ impl RegistryClient {
                 .is_some(),
         }
     }
+}
+
+/// The `Docker-Content-Digest` header of a manifest response.
+fn announced_digest(response: &reqwest::Response) -> Option<String> {
+    let value = response.headers().get("docker-content-digest")?;
+    value.to_str().ok().map(str::to_string)
 }
 
 /// The tag or digest part of a manifest URL: the digest when there is one.

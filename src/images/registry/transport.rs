@@ -102,7 +102,14 @@ impl Transport {
         attempt: &Attempt,
     ) -> Result<Response, RegistryError> {
         let key = target.cache_key();
-        let mut authorization = self.lock().get(&key).cloned();
+        // Credentials configured for a registry go with the first request,
+        // as before a challenge they would cost every pull an extra 401;
+        // a Bearer registry answers with its challenge all the same.
+        let mut authorization = self.lock().get(&key).cloned().or_else(|| {
+            target
+                .credentials
+                .map(|(user, password)| basic(user, password))
+        });
         let mut challenged = false;
         loop {
             let mut request = self
