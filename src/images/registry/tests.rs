@@ -1,4 +1,4 @@
-use super::transport::{classify, Challenge};
+use super::transport::{self, classify, Challenge};
 use super::*;
 
 fn entry(
@@ -465,4 +465,24 @@ async fn verified_blob_transport_errors_are_retryable() {
     let err = items[1].as_ref().unwrap_err();
     assert!(err.is_retryable());
     assert!(err.to_string().contains("r.example"), "{err}");
+}
+
+/// A request that never completes (a registry trickling its answer) ends at
+/// the deadline as unreachable, naming the registry.
+#[tokio::test(start_paused = true)]
+async fn requests_end_at_their_deadline() {
+    let attempt = Attempt {
+        what: "manifest r.example/app:v1".into(),
+        host: "r.example".into(),
+        with_credentials: false,
+    };
+    let never = futures::future::pending::<Result<(), RegistryError>>();
+    let err = transport::within_deadline(never, "manifest request", &attempt)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable());
+    assert_eq!(
+        err.to_string(),
+        "manifest r.example/app:v1: registry r.example did not complete the manifest request within 60s"
+    );
 }
