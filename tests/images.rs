@@ -316,3 +316,66 @@ fn removed_images_are_garbage_collected_and_images_in_use_never_are() {
     );
     wait_running(&agent, "p", Duration::from_secs(1));
 }
+
+/// The target digest of image `name` in `namespace`, from `ctr images ls`.
+fn image_digest(containerd: &PrivateContainerd, namespace: &str, name: &str) -> Option<String> {
+    let listing = containerd.ctr(namespace, &["images", "ls"]).unwrap();
+    listing.lines().find_map(|line| {
+        let mut columns = line.split_whitespace();
+        (columns.next() == Some(name))
+            .then(|| columns.nth(1).map(str::to_string))
+            .flatten()
+    })
+}
+
+#[test]
+fn an_archive_cannot_replace_the_built_in_pause_image() {
+    if !e2e_enabled("an_archive_cannot_replace_the_built_in_pause_image") {
+        return;
+    }
+    let containerd = PrivateContainerd::start().unwrap();
+    let namespace = "e2e-pause-pin";
+    let pause = podkeeper::runtime::pause::image_name();
+    let built = podkeeper::runtime::pause::image_blobs()
+        .unwrap()
+        .manifest
+        .digest;
+    containerd
+        .import_busybox(namespace, common::agent::BUSYBOX)
+        .unwrap();
+    // Another containerd client left busybox under the pause image's name.
+    containerd.import_busybox(namespace, &pause).unwrap();
+    assert_ne!(
+        image_digest(&containerd, namespace, &pause),
+        Some(built.clone())
+    );
+
+    let mut agent = Agent::start(&containerd, namespace).unwrap();
+    assert_eq!(
+        image_digest(&containerd, namespace, &pause),
+        Some(built.clone()),
+        "the agent runs sandboxes from the image it built, not from what the name pointed at"
+    );
+
+    let work = containerd.dir().join("archives");
+    std::fs::create_dir_all(&work).unwrap();
+    let archive = archives::busybox_oci(&work, &pause).unwrap();
+    std::fs::copy(&archive, agent.images.join("pause.tar")).unwrap();
+    std::fs::remove_dir_all(&work).unwrap();
+    agent.wait_until("the archive refused", Duration::from_secs(30), || {
+        agent.log().lines().any(|l| {
+            l.contains("pause.tar")
+                && l.contains("cannot import image archive")
+                && l.contains(&format!("image name {pause} is reserved"))
+        })
+    });
+    assert_eq!(
+        image_digest(&containerd, namespace, &pause),
+        Some(built),
+        "an archive tagged with the pause image's name replaced it"
+    );
+
+    agent.write_manifest("p.yaml", &pod("p", common::agent::BUSYBOX));
+    wait_running(&agent, "p", Duration::from_secs(30));
+    assert!(agent.is_running());
+}

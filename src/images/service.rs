@@ -27,6 +27,7 @@ use crate::runtime::containerd::content::Ingest;
 use crate::metrics::IMAGE_PULLS;
 use crate::runtime::containerd::images::ResolvedImage;
 use crate::runtime::containerd::{Containerd, RuntimeError};
+use crate::runtime::pause;
 
 /// Layers of one image downloaded at once.
 const PARALLEL_BLOBS: usize = 3;
@@ -111,6 +112,13 @@ impl ImageService {
         on_pull: OnPull,
     ) -> Result<Ensured, ImageError> {
         let name = Self::normalize(image)?;
+        // The built-in image's names are never pulled: a registry answering
+        // for them would replace every pod's sandbox.
+        let policy = if pause::is_reserved(&name) {
+            PullPolicy::Never
+        } else {
+            policy
+        };
         let local = match self.resolve(&name).await {
             Ok(resolved) => Some(resolved),
             Err(e) if e.is_not_found() => None,
@@ -296,7 +304,7 @@ impl ImageService {
         .await
         .map_err(|e| ImportError::Archive(e.to_string()))?
         .map_err(|e| ImportError::Archive(e.to_string()))?;
-        let mut names = Vec::new();
+        let mut named = Vec::new();
         for ArchiveImage {
             names: archive_names,
             target,
@@ -309,18 +317,29 @@ impl ImageService {
                 let name = reference::normalize(&archive_name).map_err(|e| {
                     ImportError::Archive(format!("image name {archive_name:?}: {e}"))
                 })?;
-                let descriptor = Descriptor {
-                    media_type: target.media_type.clone(),
-                    digest: target.digest.clone(),
-                    size: target.size as i64,
-                    annotations: HashMap::new(),
-                };
-                self.runtime
-                    .register_image(ingest, &name, descriptor)
-                    .await
-                    .map_err(ImportError::Runtime)?;
-                names.push(name);
+                // Checked for every name before any is registered: an archive
+                // that tries to replace the sandbox image is not imported at all.
+                if pause::is_reserved(&name) {
+                    return Err(ImportError::Archive(format!(
+                        "image name {name} is reserved for podkeeper's built-in pause image; the archive is not imported"
+                    )));
+                }
+                named.push((name, target.clone()));
             }
+        }
+        let mut names = Vec::new();
+        for (name, target) in named {
+            let descriptor = Descriptor {
+                media_type: target.media_type,
+                digest: target.digest,
+                size: target.size as i64,
+                annotations: HashMap::new(),
+            };
+            self.runtime
+                .register_image(ingest, &name, descriptor)
+                .await
+                .map_err(ImportError::Runtime)?;
+            names.push(name);
         }
         Ok(names)
     }

@@ -13,7 +13,19 @@ pub const PAUSE_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pause"
 
 /// Name of the built-in image; versioned so an upgraded agent brings its own.
 pub fn image_name() -> String {
-    format!("podkeeper.local/pause:{}", crate::VERSION)
+    format!("{REPOSITORY}:{}", crate::VERSION)
+}
+
+/// Repository of the built-in image. Every name in it is podkeeper's own:
+/// an archive or registry that could put an image there would choose what
+/// runs in every pod's sandbox.
+const REPOSITORY: &str = "podkeeper.local/pause";
+
+/// Whether a normalized image name is in the built-in image's repository,
+/// whatever its tag or digest.
+pub fn is_reserved(name: &str) -> bool {
+    name.strip_prefix(REPOSITORY)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '@']))
 }
 
 /// One content-addressed blob of an image.
@@ -119,6 +131,25 @@ mod tests {
             [("pause".to_string(), 0o755, PAUSE_BINARY.len() as u64)]
         );
         assert_eq!(&PAUSE_BINARY[..4], b"\x7fELF");
+    }
+
+    #[test]
+    fn the_whole_repository_is_reserved() {
+        for name in [
+            image_name(),
+            "podkeeper.local/pause:0.0.1".into(),
+            "podkeeper.local/pause@sha256:abc".into(),
+            "podkeeper.local/pause".into(),
+        ] {
+            assert!(is_reserved(&name), "{name}");
+        }
+        for name in [
+            "podkeeper.local/pauser:1",
+            "docker.io/library/pause:3.9",
+            "registry.k8s.io/pause:3.9",
+        ] {
+            assert!(!is_reserved(name), "{name}");
+        }
     }
 
     #[test]

@@ -16,11 +16,14 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
+mod bounds;
 mod docker;
 mod oci;
 mod tar_reader;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bounds;
 
 use docker::docker_images;
 use oci::oci_images;
@@ -142,9 +145,8 @@ struct FileInfo {
 struct Contents {
     /// Regular files by normalized path.
     files: HashMap<String, FileInfo>,
-    /// Symlinks and hardlinks: normalized path → normalized target path (or
-    /// `None` when the target escapes the archive root).
-    links: HashMap<String, Option<String>>,
+    /// Symlinks and hardlinks: normalized path → normalized target path.
+    links: HashMap<String, String>,
     /// Stored blobs: digest → path. A blob named `blobs/<alg>/<hex>` is listed
     /// under that name and under the sha256 the sink returned.
     by_digest: HashMap<String, String>,
@@ -164,7 +166,7 @@ impl Contents {
             if let Some((key, info)) = self.files.get_key_value(&path) {
                 return Some((key, info));
             }
-            path = self.links.get(&path)?.clone()?;
+            path = self.links.get(&path)?.clone();
         }
         None
     }

@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::io::{self, Cursor, Read};
 use std::rc::Rc;
 
+use super::bounds::{entry_path, link_target, Bounded, Limits};
 use super::{
     ArchiveError, BlobSink, Contents, FileInfo, DOCKER_MANIFEST_JSON, INDEX_JSON, MAX_CACHED_ENTRY,
     MAX_CACHED_TOTAL, MAX_METADATA, PEEK,
@@ -99,6 +100,15 @@ pub(super) fn read_contents(
     input: impl Read,
     sink: &mut dyn BlobSink,
 ) -> Result<Contents, ArchiveError> {
+    read_contents_within(input, sink, Limits::DEFAULT)
+}
+
+/// [`read_contents`] within `limits`.
+pub(super) fn read_contents_within(
+    input: impl Read,
+    sink: &mut dyn BlobSink,
+    limits: Limits,
+) -> Result<Contents, ArchiveError> {
     let tar_eof = Rc::new(Cell::new(false));
     let mut input = input;
     let mut magic = [0u8; 4];
@@ -108,13 +118,14 @@ pub(super) fn read_contents(
     }
     let compression = Compression::detect(&magic[..n]);
     let raw = Cursor::new(magic[..n].to_vec()).chain(input);
-    let mut decompressed: Box<dyn Read + '_> = match compression {
+    let decompressed: Box<dyn Read + '_> = match compression {
         Compression::Plain => Box::new(raw),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
         Compression::Zstd => {
             Box::new(zstd::Decoder::new(raw).map_err(|e| read_error(e, &tar_eof))?)
         }
     };
+    let (mut decompressed, budget) = Bounded::new(decompressed, limits);
 
     // Checking the first header ourselves tells "not a tar" apart from a tar
     // that is damaged further on, which the tar crate reports alike.
@@ -152,9 +163,22 @@ pub(super) fn read_contents(
     let mut contents = Contents::default();
     let entries = archive.entries().map_err(|e| read_error(e, &tar_eof))?;
     for entry in entries {
-        let entry = entry.map_err(|e| read_error(e, &tar_eof))?;
-        contents.entries += 1;
-        read_entry(entry, &mut contents, sink, &tar_eof)?;
+        let read = entry
+            .map_err(|e| read_error(e, &tar_eof))
+            .and_then(|entry| {
+                contents.entries += 1;
+                // What the entry takes up in the archive: the PAX size if any
+                // (`size()`), except for sparse files, whose `size()` is the
+                // expanded one.
+                let stored = if entry.header().entry_type().is_gnu_sparse() {
+                    entry.header().entry_size().map_err(ArchiveError::Io)?
+                } else {
+                    entry.size()
+                };
+                budget.entry(contents.entries, entry.raw_file_position(), stored)?;
+                read_entry(entry, &mut contents, sink, &tar_eof)
+            });
+        read.map_err(|e| budget.explain(e, contents.entries))?;
     }
     // The tar reader also stops, without error, when the input ends exactly
     // between two entries; only the end-of-archive block proves nothing is missing.
@@ -205,22 +229,6 @@ pub(super) fn normalize_path(path: &str) -> String {
         }
     }
     parts.join("/")
-}
-
-/// Where a link entry points, as a normalized archive path. Symlink targets are
-/// relative to the link's directory unless absolute; hardlink targets are
-/// relative to the archive root. `None` when the target leaves the archive.
-pub(super) fn link_target(link_path: &str, target: &str, symlink: bool) -> Option<String> {
-    let joined = if symlink && !target.starts_with('/') {
-        match link_path.rsplit_once('/') {
-            Some((dir, _)) => format!("{dir}/{target}"),
-            None => target.to_string(),
-        }
-    } else {
-        target.to_string()
-    };
-    let normalized = normalize_path(&joined);
-    (!normalized.split('/').any(|p| p == "..")).then_some(normalized)
 }
 
 /// What a regular file of the archive is, by its path.
@@ -315,11 +323,11 @@ fn read_entry<R: Read>(
     sink: &mut dyn BlobSink,
     tar_eof: &Cell<bool>,
 ) -> Result<(), ArchiveError> {
-    let path = normalize_path(&String::from_utf8_lossy(&entry.path_bytes()));
+    let path = entry_path(&String::from_utf8_lossy(&entry.path_bytes()))?;
     let kind = entry.header().entry_type();
     if kind.is_symlink() || kind.is_hard_link() {
         if let Some(target) = entry.link_name_bytes() {
-            let target = link_target(&path, &String::from_utf8_lossy(&target), kind.is_symlink());
+            let target = link_target(&path, &String::from_utf8_lossy(&target), kind.is_symlink())?;
             contents.links.insert(path, target);
         }
         return Ok(());

@@ -3,34 +3,33 @@
 //! their digest is the one the rest of the image refers to), blobs come back
 //! as streams the caller writes into containerd's content store.
 //!
-//! HTTP, the `WWW-Authenticate` token flow and the token cache are
-//! oci-client's. This module adds what a node agent needs on top: picking
-//! plain HTTP for local and configured registries, credentials from a Docker
-//! config.json, errors sorted by what the caller should do about them
-//! (retry, report, give up), and its own digest and size checks. containerd
-//! verifies digests again on commit; checking here as well means a corrupt
-//! download is reported as the registry's fault, with the reference, rather
-//! than as a content store error.
+//! HTTP and the `WWW-Authenticate` flow are [`transport`]'s, which bounds
+//! every body and request a registry can stretch. This module adds what a node
+//! agent needs on top: picking plain HTTP for local and configured
+//! registries, credentials from a Docker config.json, errors sorted by what
+//! the caller should do about them (retry, report, give up), and digest and
+//! size checks. containerd verifies digests again on commit; checking here as
+//! well means a corrupt download is reported as the registry's fault, with
+//! the reference, rather than as a content store error.
 
 use crate::images::credentials::Credentials;
-use crate::images::digest::{hex, is_sha256_digest, sha256_digest};
+use crate::images::digest::{is_sha256_digest, sha256_digest};
 use crate::images::media_types::{
     self, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX,
     MEDIA_TYPE_OCI_MANIFEST,
 };
 use crate::images::platform::{self, Platform};
+use blob::VerifiedBlob;
 use bytes::Bytes;
-use futures::stream::{BoxStream, Stream};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
+use futures::stream::{BoxStream, StreamExt};
 use oci_client::Reference;
-use sha2::{Digest as _, Sha256};
+use reqwest::Method;
 use std::fmt;
-use std::pin::Pin;
-use std::sync::Once;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::{Arc, Once};
+use transport::{read_capped, within_deadline, Target, Transport, MAX_MANIFEST_BYTES};
+
+mod blob;
+mod transport;
 
 /// The manifest media types asked for and accepted. Docker schema 1 is left
 /// out on purpose: containerd 1.6 can only convert it, and no registry in use
@@ -41,20 +40,6 @@ const ACCEPTED_MANIFEST_TYPES: &[&str] = &[
     MEDIA_TYPE_OCI_MANIFEST,
     MEDIA_TYPE_DOCKER_MANIFEST,
 ];
-
-/// Largest manifest accepted, the limit Distribution and containerd use; a
-/// larger body is not a manifest anyone meant to serve.
-const MAX_MANIFEST_BYTES: usize = 4 << 20;
-
-/// Connecting to a registry that does not answer within this is "unreachable"
-/// (and retried by the caller) rather than hanging a pull.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest silence between two reads of a response. There is no overall
-/// limit: layers can be large and slow, but a stalled transfer must end.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// User-Agent sent to registries, so their logs say who pulled.
-const USER_AGENT: &str = concat!("podkeeper/", env!("CARGO_PKG_VERSION"));
 
 /// Hosts always spoken to over plain HTTP (any port): a registry on the node
 /// itself has no certificate worth checking.
@@ -119,20 +104,12 @@ pub struct BlobRef {
 
 /// A registry client shared by all pulls of the agent. Cloning is cheap and
 /// clones share connections and the token cache.
-///
-/// Credentials are fixed at construction (oci-client remembers the first
-/// authentication it sees per registry); build a new client when they change.
 #[derive(Clone)]
 pub struct RegistryClient {
     credentials: Credentials,
     /// Normalized (lower-case) host[:port] entries spoken to over HTTP.
     insecure: Vec<String>,
-    /// Two oci-client clients because oci-client picks the scheme per client
-    /// from an exact host[:port] list, which cannot say "localhost on any
-    /// port". Each keeps its own connection pool and token cache; a host only
-    /// ever uses one of them.
-    https: oci_client::Client,
-    http: oci_client::Client,
+    transport: Arc<Transport>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -156,8 +133,7 @@ impl RegistryClient {
                 .iter()
                 .map(|host| host.trim().to_ascii_lowercase())
                 .collect(),
-            https: build_client(ClientProtocol::Https),
-            http: build_client(ClientProtocol::Http),
+            transport: Arc::new(Transport::new()),
         }
     }
 
@@ -192,11 +168,29 @@ impl RegistryClient {
     pub async fn resolve_digest(&self, reference: &str) -> Result<String, RegistryError> {
         let reference = parse_reference(reference)?;
         let attempt = self.attempt(&reference, format!("manifest {reference}"));
-        let digest = self
-            .client_for(&reference)
-            .fetch_manifest_digest(&reference, &self.auth_for(&reference))
-            .await
-            .map_err(|e| classify(e, &attempt))?;
+        let target = self.target(&reference);
+        let url = target.url(&format!("manifests/{}", tag_or_digest(&reference)));
+        let accept = ACCEPTED_MANIFEST_TYPES.join(", ");
+        let digest = within_deadline(
+            async {
+                let response = self
+                    .transport
+                    .send(Method::HEAD, &url, &accept, &target, &attempt)
+                    .await?;
+                if let Some(digest) = announced_digest(&response) {
+                    return Ok(digest);
+                }
+                let response = self
+                    .transport
+                    .send(Method::GET, &url, &accept, &target, &attempt)
+                    .await?;
+                let body = read_capped(response, MAX_MANIFEST_BYTES, "manifest", &attempt).await?;
+                Ok(sha256_digest(&body))
+            },
+            "manifest request",
+            &attempt,
+        )
+        .await?;
         check_digest(&digest, &reference)?;
         Ok(digest)
     }
@@ -205,7 +199,7 @@ impl RegistryClient {
     /// yields an error if the bytes do not hash to `digest` or the length differs from `size`
     /// (checked at the end; a body longer than `size` fails as soon as it exceeds it, and a
     /// `Content-Length` other than `size` fails before any byte is read). The stream ends after
-    /// its first error.
+    /// its first error, and fails as unreachable when no byte arrives for a minute.
     pub async fn fetch_blob(
         &self,
         reference: &str,
@@ -222,17 +216,18 @@ impl RegistryClient {
                 reference.repository()
             ),
         );
-        let client = self.client_for(&reference);
-        // Only the manifest calls of oci-client register the credentials for
-        // a registry; a blob pull on its own would go out anonymously.
-        client
-            .store_auth_if_needed(reference.resolve_registry(), &self.auth_for(&reference))
-            .await;
-        let sized = client
-            .pull_blob_stream(&reference, digest)
-            .await
-            .map_err(|e| classify(e, &attempt))?;
-        if let Some(length) = sized.content_length {
+        let target = self.target(&reference);
+        let url = target.url(&format!("blobs/{digest}"));
+        // The deadline covers the answer's headers; the body is bounded by
+        // the transport's read timeout instead, since layers can be large.
+        let response = within_deadline(
+            self.transport
+                .send(Method::GET, &url, "*/*", &target, &attempt),
+            "blob request",
+            &attempt,
+        )
+        .await?;
+        if let Some(length) = response.content_length() {
             if length != size {
                 return Err(RegistryError::Invalid(format!(
                     "{}: registry {} announces {length} bytes, expected {size}",
@@ -240,8 +235,12 @@ impl RegistryClient {
                 )));
             }
         }
+        let stream = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other))
+            .boxed();
         Ok(Box::pin(VerifiedBlob::new(
-            sized.stream,
+            stream,
             digest,
             size,
             attempt.what,
@@ -267,25 +266,36 @@ impl RegistryClient {
     ) -> Result<FetchedManifest, RegistryError> {
         let attempt = self.attempt(reference, format!("manifest {reference}"));
         let what = &attempt.what;
-        let (bytes, _) = self
-            .client_for(reference)
-            .pull_manifest_raw(
-                reference,
-                &self.auth_for(reference),
-                ACCEPTED_MANIFEST_TYPES,
-            )
-            .await
-            .map_err(|e| classify(e, &attempt))?;
-        if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(RegistryError::Invalid(format!(
-                "{what}: {} bytes is more than a manifest may have ({MAX_MANIFEST_BYTES})",
-                bytes.len()
-            )));
-        }
-        // oci-client already compared the body with the Docker-Content-Digest
-        // header and the reference; the digest handed on is computed here so
-        // that it cannot be anything but the bytes' own.
+        let target = self.target(reference);
+        let url = target.url(&format!("manifests/{}", tag_or_digest(reference)));
+        let accept = ACCEPTED_MANIFEST_TYPES.join(", ");
+        let (bytes, announced) = within_deadline(
+            async {
+                let response = self
+                    .transport
+                    .send(Method::GET, &url, &accept, &target, &attempt)
+                    .await?;
+                let announced = announced_digest(&response);
+                let body = read_capped(response, MAX_MANIFEST_BYTES, "manifest", &attempt).await?;
+                Ok((body, announced))
+            },
+            "manifest request",
+            &attempt,
+        )
+        .await?;
+        // The digest handed on is computed here, so that it cannot be
+        // anything but the bytes' own.
         let digest = sha256_digest(&bytes);
+        // A registry whose storage changed under it serves other bytes than
+        // the digest it announces; only a well-formed announcement is compared.
+        if let Some(announced) = announced.filter(|a| is_sha256_digest(a)) {
+            if announced != digest {
+                return Err(RegistryError::Invalid(format!(
+                    "{what}: content has digest {digest}, but registry {} announces {announced}",
+                    attempt.host
+                )));
+            }
+        }
         if let Some(expected) = reference.digest() {
             if expected != digest {
                 return Err(RegistryError::Invalid(format!(
@@ -296,17 +306,23 @@ impl RegistryClient {
         let media_type = manifest_media_type(&bytes)
             .map_err(|e| RegistryError::Invalid(format!("{what}: {e}")))?;
         Ok(FetchedManifest {
-            bytes: bytes.to_vec(),
+            bytes,
             media_type: media_type.to_string(),
             digest,
         })
     }
 
-    fn client_for(&self, reference: &Reference) -> &oci_client::Client {
-        if is_insecure(reference.registry(), &self.insecure) {
-            &self.http
+    fn target<'a>(&'a self, reference: &'a Reference) -> Target<'a> {
+        let scheme = if is_insecure(reference.registry(), &self.insecure) {
+            "http"
         } else {
-            &self.https
+            "https"
+        };
+        Target {
+            scheme,
+            host: reference.resolve_registry(),
+            repository: reference.repository(),
+            credentials: self.credentials.for_registry(reference.registry()),
         }
     }
 
@@ -320,13 +336,17 @@ impl RegistryClient {
                 .is_some(),
         }
     }
+}
 
-    fn auth_for(&self, reference: &Reference) -> RegistryAuth {
-        match self.credentials.for_registry(reference.registry()) {
-            Some((user, password)) => RegistryAuth::Basic(user.to_string(), password.to_string()),
-            None => RegistryAuth::Anonymous,
-        }
-    }
+/// The `Docker-Content-Digest` header of a manifest response.
+fn announced_digest(response: &reqwest::Response) -> Option<String> {
+    let value = response.headers().get("docker-content-digest")?;
+    value.to_str().ok().map(str::to_string)
+}
+
+/// The tag or digest part of a manifest URL: the digest when there is one.
+fn tag_or_digest(reference: &Reference) -> &str {
+    reference.digest().or(reference.tag()).unwrap_or("latest")
 }
 
 /// reqwest is built without a rustls crypto provider of its own (the crate
@@ -338,22 +358,6 @@ fn install_crypto_provider() {
     INSTALL.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-}
-
-fn build_client(protocol: ClientProtocol) -> oci_client::Client {
-    let config = ClientConfig {
-        protocol,
-        // Platform selection is ours (select_platform); oci-client's is only
-        // used by calls this module does not make.
-        platform_resolver: None,
-        connect_timeout: Some(CONNECT_TIMEOUT),
-        read_timeout: Some(READ_TIMEOUT),
-        user_agent: USER_AGENT,
-        ..ClientConfig::default()
-    };
-    // Building only fails for bad certificates or proxies, which are not
-    // configured here; oci-client then logs and falls back to defaults.
-    oci_client::Client::new(config)
 }
 
 /// Whether `host` (as in a reference: `name`, `name:port`, `[v6]:port`) is
@@ -527,86 +531,6 @@ impl Attempt {
     }
 }
 
-/// Sorts an oci-client error into a [`RegistryError`].
-fn classify(err: OciDistributionError, attempt: &Attempt) -> RegistryError {
-    let (what, host) = (&attempt.what, &attempt.host);
-    match err {
-        OciDistributionError::UnauthorizedError { url } => {
-            attempt.unauthorized(&format!("registry {host} answered 401 for {url}"))
-        }
-        OciDistributionError::AuthenticationFailure(reason) => attempt.unauthorized(&format!(
-            "the token service of registry {host} refused: {}",
-            reason.trim()
-        )),
-        OciDistributionError::RegistryError { envelope, url } => {
-            let messages: Vec<String> = envelope
-                .errors
-                .iter()
-                .map(|e| match e.message.trim() {
-                    "" => format!("{:?}", e.code),
-                    message => message.to_string(),
-                })
-                .collect();
-            let detail = format!(
-                "registry {host} answered {:?} for {url}",
-                messages.join("; ")
-            );
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            let any = |wanted: &[OciErrorCode]| codes.iter().any(|c| wanted.contains(c));
-            if any(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
-                attempt.unauthorized(&detail)
-            } else if any(&[
-                OciErrorCode::ManifestUnknown,
-                OciErrorCode::BlobUnknown,
-                OciErrorCode::NameUnknown,
-                OciErrorCode::NotFound,
-            ]) {
-                RegistryError::NotFound(format!("{what}: not found: {detail}"))
-            } else if any(&[OciErrorCode::Toomanyrequests]) {
-                RegistryError::Unreachable(format!("{what}: rate limited: {detail}"))
-            } else {
-                RegistryError::Invalid(format!("{what}: {detail}"))
-            }
-        }
-        OciDistributionError::ServerError { code, url, message } => {
-            let detail = format!(
-                "registry {host} answered HTTP {code} for {url}: {}",
-                message.trim()
-            );
-            match code {
-                401 | 403 => attempt.unauthorized(&detail),
-                404 => RegistryError::NotFound(format!("{what}: not found: {detail}")),
-                408 | 429 | 500..=599 => RegistryError::Unreachable(format!("{what}: {detail}")),
-                _ => RegistryError::Invalid(format!("{what}: {detail}")),
-            }
-        }
-        OciDistributionError::RequestError(e) => {
-            if e.is_builder() {
-                RegistryError::Invalid(format!("{what}: cannot build request: {}", chain(&e)))
-            } else {
-                RegistryError::Unreachable(format!(
-                    "{what}: registry {host} unreachable: {}",
-                    chain(&e)
-                ))
-            }
-        }
-        OciDistributionError::IoError(e) => RegistryError::Unreachable(format!(
-            "{what}: registry {host} unreachable: {}",
-            chain(&e)
-        )),
-        OciDistributionError::DigestError(e) => RegistryError::Invalid(format!(
-            "{what}: registry {host} served content that does not match its digest: {e}"
-        )),
-        OciDistributionError::ImageManifestNotFoundError(message) => {
-            RegistryError::NotFound(format!("{what}: not found in registry {host}: {message}"))
-        }
-        other => RegistryError::Invalid(format!(
-            "{what}: unusable answer from registry {host}: {}",
-            chain(&other)
-        )),
-    }
-}
-
 /// An error and its sources on one line; reqwest's own message is only
 /// "error sending request", the reason (refused, TLS, DNS) is in the sources.
 fn chain(err: &dyn std::error::Error) -> String {
@@ -621,104 +545,6 @@ fn chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
-}
-
-/// A blob body that checks its own length and sha256, ending after the first error.
-struct VerifiedBlob {
-    inner: BoxStream<'static, std::io::Result<Bytes>>,
-    hasher: Sha256,
-    digest: String,
-    size: u64,
-    received: u64,
-    what: String,
-    host: String,
-    done: bool,
-}
-
-impl VerifiedBlob {
-    fn new(
-        inner: BoxStream<'static, std::io::Result<Bytes>>,
-        digest: &str,
-        size: u64,
-        what: String,
-        host: String,
-    ) -> VerifiedBlob {
-        VerifiedBlob {
-            inner,
-            hasher: Sha256::new(),
-            digest: digest.to_string(),
-            size,
-            received: 0,
-            what,
-            host,
-            done: false,
-        }
-    }
-
-    fn stream_error(&self, err: std::io::Error) -> RegistryError {
-        // oci-client verifies the digest too and reports a mismatch as an
-        // io::Error wrapping its DigestError; everything else is transport.
-        if let Some(digest_err) = err.get_ref().and_then(|e| e.downcast_ref::<DigestError>()) {
-            return RegistryError::Invalid(format!("{}: {digest_err}", self.what));
-        }
-        RegistryError::Unreachable(format!(
-            "{}: transfer from registry {} failed after {} bytes: {}",
-            self.what,
-            self.host,
-            self.received,
-            chain(&err)
-        ))
-    }
-
-    fn finish(&mut self) -> Option<RegistryError> {
-        if self.received != self.size {
-            return Some(RegistryError::Invalid(format!(
-                "{}: got {} bytes, expected {}",
-                self.what, self.received, self.size
-            )));
-        }
-        let actual = format!("sha256:{}", hex(&self.hasher.finalize_reset()));
-        (actual != self.digest).then(|| {
-            RegistryError::Invalid(format!(
-                "{}: content has digest {actual}, not {}",
-                self.what, self.digest
-            ))
-        })
-    }
-}
-
-impl Stream for VerifiedBlob {
-    type Item = Result<Bytes, RegistryError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => {
-                this.received += chunk.len() as u64;
-                if this.received > this.size {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(RegistryError::Invalid(format!(
-                        "{}: more than the expected {} bytes",
-                        this.what, this.size
-                    )))));
-                }
-                this.hasher.update(&chunk);
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(err))) => {
-                this.done = true;
-                Poll::Ready(Some(Err(this.stream_error(err))))
-            }
-            Poll::Ready(None) => {
-                this.done = true;
-                Poll::Ready(this.finish().map(Err))
-            }
-        }
-    }
 }
 
 #[cfg(test)]

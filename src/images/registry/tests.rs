@@ -1,5 +1,5 @@
+use super::transport::{self, classify, Challenge};
 use super::*;
-use futures::StreamExt as _;
 
 fn entry(
     media_type: &str,
@@ -313,19 +313,16 @@ fn errors_are_classified() {
         host: "r.example".into(),
         with_credentials: false,
     };
-    let unauthorized = classify(
-        OciDistributionError::UnauthorizedError {
-            url: "https://r.example/v2/app/manifests/v1".into(),
-        },
-        &attempt,
-    );
+    let unauthorized = classify(401, b"", "https://r.example/v2/app/manifests/v1", &attempt);
     assert!(matches!(unauthorized, RegistryError::Unauthorized(_)));
     assert!(unauthorized.to_string().contains("unauthorized"));
     assert!(unauthorized
         .to_string()
         .contains("no credentials are configured"));
     let refused = classify(
-        OciDistributionError::UnauthorizedError { url: "u".into() },
+        401,
+        b"",
+        "u",
         &Attempt {
             what: attempt.what.clone(),
             host: attempt.host.clone(),
@@ -337,64 +334,70 @@ fn errors_are_classified() {
         .contains("credentials for r.example were refused"));
     assert!(!unauthorized.is_retryable());
 
-    let envelope = |code: &str| {
-        let envelope = serde_json::from_str(&format!(
-            r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#
-        ))
-        .unwrap();
-        classify(
-            OciDistributionError::RegistryError {
-                envelope,
-                url: "u".into(),
-            },
-            &attempt,
-        )
+    let envelope = |status: u16, code: &str| {
+        let body = format!(r#"{{"errors":[{{"code":"{code}","message":"m"}}]}}"#);
+        classify(status, body.as_bytes(), "u", &attempt)
     };
     assert!(
-        matches!(envelope("MANIFEST_UNKNOWN"), RegistryError::NotFound(m) if m.contains("r.example/app:v1"))
+        matches!(envelope(404, "MANIFEST_UNKNOWN"), RegistryError::NotFound(m) if m.contains("r.example/app:v1"))
     );
     assert!(matches!(
-        envelope("NAME_UNKNOWN"),
+        envelope(404, "NAME_UNKNOWN"),
         RegistryError::NotFound(_)
     ));
     assert!(matches!(
-        envelope("BLOB_UNKNOWN"),
+        envelope(404, "BLOB_UNKNOWN"),
         RegistryError::NotFound(_)
     ));
     assert!(
-        matches!(envelope("DENIED"), RegistryError::Unauthorized(m) if m.contains("unauthorized"))
+        matches!(envelope(403, "DENIED"), RegistryError::Unauthorized(m) if m.contains("unauthorized"))
     );
-    assert!(envelope("TOOMANYREQUESTS").is_retryable());
+    assert!(envelope(429, "TOOMANYREQUESTS").is_retryable());
     assert!(matches!(
-        envelope("MANIFEST_INVALID"),
+        envelope(400, "MANIFEST_INVALID"),
         RegistryError::Invalid(_)
     ));
+    assert!(envelope(503, "UNAVAILABLE").is_retryable());
 
-    let server = |code: u16| {
-        classify(
-            OciDistributionError::ServerError {
-                code,
-                url: "u".into(),
-                message: "m".into(),
-            },
-            &attempt,
-        )
-    };
+    let server = |code: u16| classify(code, b"m", "u", &attempt);
     assert!(server(503).is_retryable());
     assert!(server(500).is_retryable());
     assert!(server(429).is_retryable());
     assert!(matches!(server(403), RegistryError::Unauthorized(m) if m.contains("unauthorized")));
     assert!(matches!(server(404), RegistryError::NotFound(_)));
     assert!(matches!(server(400), RegistryError::Invalid(_)));
+}
 
-    let digest = classify(
-        OciDistributionError::DigestError(DigestError::VerificationError {
-            expected: "a".into(),
-            actual: "b".into(),
-        }),
-        &attempt,
+#[test]
+fn challenges_are_parsed() {
+    assert_eq!(
+        Challenge::parse("Basic realm=\"Registry\""),
+        Some(Challenge::Basic)
     );
-    assert!(matches!(digest, RegistryError::Invalid(_)));
+    assert_eq!(
+        Challenge::parse(
+            "Bearer realm=\"https://auth.example/token\",service=\"registry.example\",scope=\"repository:a/b:pull,push\""
+        ),
+        Some(Challenge::Bearer {
+            realm: "https://auth.example/token".into(),
+            service: Some("registry.example".into()),
+            scope: Some("repository:a/b:pull,push".into()),
+        })
+    );
+    assert_eq!(
+        Challenge::parse("bearer realm=http://127.0.0.1:1/t"),
+        Some(Challenge::Bearer {
+            realm: "http://127.0.0.1:1/t".into(),
+            service: None,
+            scope: None,
+        })
+    );
+    assert_eq!(
+        Challenge::parse("Bearer realm=\"file:///etc/passwd\""),
+        None
+    );
+    assert_eq!(Challenge::parse("Bearer service=\"x\""), None);
+    assert_eq!(Challenge::parse("Negotiate abc"), None);
 }
 
 const HELLO_WORLD: &[u8] = b"hello world";
@@ -462,15 +465,24 @@ async fn verified_blob_transport_errors_are_retryable() {
     let err = items[1].as_ref().unwrap_err();
     assert!(err.is_retryable());
     assert!(err.to_string().contains("r.example"), "{err}");
+}
 
-    // oci-client's own digest check surfaces as an io::Error wrapping DigestError.
-    let items = verify_hello_world(
-        "h",
-        vec![Err(std::io::Error::other(DigestError::VerificationError {
-            expected: "a".into(),
-            actual: "b".into(),
-        }))],
-    )
-    .await;
-    assert!(matches!(items[0], Err(RegistryError::Invalid(_))));
+/// A request that never completes (a registry trickling its answer) ends at
+/// the deadline as unreachable, naming the registry.
+#[tokio::test(start_paused = true)]
+async fn requests_end_at_their_deadline() {
+    let attempt = Attempt {
+        what: "manifest r.example/app:v1".into(),
+        host: "r.example".into(),
+        with_credentials: false,
+    };
+    let never = futures::future::pending::<Result<(), RegistryError>>();
+    let err = transport::within_deadline(never, "manifest request", &attempt)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable());
+    assert_eq!(
+        err.to_string(),
+        "manifest r.example/app:v1: registry r.example did not complete the manifest request within 60s"
+    );
 }

@@ -61,17 +61,27 @@ struct PlatformManifest {
 impl Containerd {
     /// Makes sure the built-in pause image is present and unpacked, writing
     /// it into containerd if it is not. Returns the resolved image.
+    ///
+    /// The image is pinned by the digest built here, not trusted by name:
+    /// anything else under the name (put there by another containerd client,
+    /// or an import before imports refused the name) is replaced.
     pub async fn ensure_pause_image(&self) -> Result<ResolvedImage, RuntimeError> {
         let name = pause::image_name();
-        match self.resolve_image(&name).await {
-            Ok(image) => return Ok(image),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
         let blobs = pause::image_blobs().map_err(|source| RuntimeError::Io {
             image: name.clone(),
             source,
         })?;
+        match self.resolve_image(&name).await {
+            Ok(image) if image.digest == blobs.manifest.digest => return Ok(image),
+            Ok(image) => tracing::warn!(
+                image = %name,
+                found = %image.digest,
+                built = %blobs.manifest.digest,
+                "the built-in pause image's name points at other content; it is replaced"
+            ),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
         let ingest = self.begin_ingest("pause").await?;
         let result = async {
             for blob in [&blobs.layer, &blobs.config, &blobs.manifest] {
@@ -86,7 +96,17 @@ impl Containerd {
         ingest.finish().await;
         result?;
         tracing::info!(image = %name, digest = %blobs.manifest.digest, "built-in pause image created");
-        self.resolve_image(&name).await
+        let image = self.resolve_image(&name).await?;
+        if image.digest != blobs.manifest.digest {
+            return Err(RuntimeError::Image {
+                image: name,
+                reason: format!(
+                    "resolves to {} right after being written as {}",
+                    image.digest, blobs.manifest.digest
+                ),
+            });
+        }
+        Ok(image)
     }
 
     /// Makes `name` point at `target`, whose blobs are in the content
