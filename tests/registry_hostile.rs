@@ -77,12 +77,14 @@ fn answer(stream: TcpStream, behaviour: Behaviour, host: &str, sent: &AtomicU64)
             10u64 << 30
         ),
         (Behaviour::EndlessToken, false) => {
+            // Each connection answers one request: say so, or the client may
+            // send the token request on this connection as it closes.
             let challenge = format!(
                 "Bearer realm=\"http://{host}/token\",service=\"hostile\",scope=\"repository:app:pull\""
             );
             let _ = write!(
                 stream,
-                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\n\r\n"
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
             return;
         }
