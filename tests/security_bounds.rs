@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::agent::{start_with_busybox, waiting_reason, Agent, NODE};
 use common::containerd::{e2e_enabled, PrivateContainerd};
@@ -113,20 +113,65 @@ fn events(agent: &Agent) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// The agent's idle footprint, against which every wait checks its peak.
+struct Footprint {
+    pid: u32,
+    idle_rss: u64,
+}
+
+impl Footprint {
+    /// Reads the idle figure and caps the address space above it.
+    fn of(agent: &Agent) -> Footprint {
+        let pid = agent.pid();
+        cap_address_space(pid, ADDRESS_SPACE_HEADROOM);
+        Footprint {
+            pid,
+            idle_rss: status_kb(pid, "VmRSS:"),
+        }
+    }
+
+    /// Fails if the agent exited or its peak RSS passed the headroom.
+    fn check(&self, agent: &mut Agent, doing: &str) {
+        assert!(
+            agent.is_running(),
+            "the agent exited {doing}:\n{}",
+            agent.log()
+        );
+        let peak = status_kb(self.pid, "VmHWM:");
+        assert!(
+            peak <= self.idle_rss + HEADROOM_KB,
+            "the agent's peak RSS went from {} kB idle to {peak} kB {doing}",
+            self.idle_rss
+        );
+    }
+
+    /// Polls `done` until it holds, checking the agent all along.
+    fn wait(&self, agent: &mut Agent, what: &str, mut done: impl FnMut(&Agent) -> bool) {
+        let doing = format!("waiting for {what}");
+        let start = Instant::now();
+        while !done(agent) {
+            self.check(agent, &doing);
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out {doing}:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.check(agent, &doing);
+    }
+}
+
 /// The Warning about manifest `file`, once there is one.
-fn file_warning(agent: &Agent, file: &str) -> Value {
+fn file_warning(footprint: &Footprint, agent: &mut Agent, file: &str) -> Value {
     let path = agent.manifests.join(file).display().to_string();
     let mut found = None;
-    agent.wait_until(
-        &format!("a warning about {file}"),
-        Duration::from_secs(60),
-        || {
-            found = events(agent)
-                .into_iter()
-                .find(|e| e["involvedObject"]["name"] == path.as_str());
-            found.is_some()
-        },
-    );
+    footprint.wait(agent, &format!("a warning about {file}"), |agent| {
+        found = events(agent)
+            .into_iter()
+            .find(|e| e["involvedObject"]["name"] == path.as_str());
+        found.is_some()
+    });
     found.unwrap()
 }
 
@@ -152,24 +197,13 @@ fn alias_bombs_and_doubling_variables_are_refused_within_bounded_memory() {
     agent.wait_running(&keep, 1, Duration::from_secs(60));
     let keep_pid = task_pid(&containerd, &agent, "-c-app-");
 
-    let pid = agent.pid();
-    let idle_rss = status_kb(pid, "VmRSS:");
-    let idle_peak = status_kb(pid, "VmHWM:");
-    cap_address_space(pid, ADDRESS_SPACE_HEADROOM);
-    let assert_up = |agent: &mut Agent| {
-        assert!(
-            agent.is_running(),
-            "the agent exited (idle RSS {idle_rss} kB, peak {idle_peak} kB):\n{}",
-            agent.log()
-        );
-    };
+    let footprint = Footprint::of(&agent);
 
     // The alias bomb is refused as a whole file, naming it.
     let bomb = alias_bomb();
     assert!(bomb.len() < 100_000, "{} bytes", bomb.len());
     agent.write_manifest("bomb.yaml", &bomb);
-    let warning = file_warning(&agent, "bomb.yaml");
-    assert_up(&mut agent);
+    let warning = file_warning(&footprint, &mut agent, "bomb.yaml");
     let path = agent.manifests.join("bomb.yaml").display().to_string();
     assert_eq!(warning["type"], "Warning");
     assert_eq!(warning["reason"], "FailedParse", "{warning:#}");
@@ -193,7 +227,7 @@ fn alias_bombs_and_doubling_variables_are_refused_within_bounded_memory() {
         "]".repeat(500)
     );
     agent.write_manifest("deep.yaml", &deep);
-    let warning = file_warning(&agent, "deep.yaml");
+    let warning = file_warning(&footprint, &mut agent, "deep.yaml");
     let message = warning["message"].as_str().unwrap();
     assert!(message.contains(": nested too deeply"), "{message}");
 
@@ -201,16 +235,15 @@ fn alias_bombs_and_doubling_variables_are_refused_within_bounded_memory() {
     // CreateContainerConfigError naming the variable that passes the cap.
     agent.write_manifest("doubling.yaml", &pod("doubling", &doubling_env()));
     let doubling = format!("doubling-{NODE}");
-    agent.wait_until(
+    footprint.wait(
+        &mut agent,
         "the doubling pod's container waiting with CreateContainerConfigError",
-        Duration::from_secs(60),
-        || {
+        |agent| {
             agent.pod(&doubling).is_some_and(|p| {
                 waiting_reason(&p, "app").as_deref() == Some("CreateContainerConfigError")
             })
         },
     );
-    assert_up(&mut agent);
     let status = agent.pod(&doubling).unwrap();
     let waiting = &status["status"]["containerStatuses"][0]["state"]["waiting"];
     let message = waiting["message"].as_str().unwrap();
@@ -219,8 +252,8 @@ fn alias_bombs_and_doubling_variables_are_refused_within_bounded_memory() {
         "{message}"
     );
     // The kubelet's Failed event says the same.
-    agent.wait_until("a Failed event naming V19", Duration::from_secs(30), || {
-        events(&agent).into_iter().any(|e| {
+    footprint.wait(&mut agent, "a Failed event naming V19", |agent| {
+        events(agent).into_iter().any(|e| {
             e["reason"] == "Failed"
                 && e["message"]
                     .as_str()
@@ -231,11 +264,10 @@ fn alias_bombs_and_doubling_variables_are_refused_within_bounded_memory() {
     // The good pod runs on in the same process, the agent is up, and its
     // peak stayed near its idle footprint.
     assert_eq!(task_pid(&containerd, &agent, "-c-app-"), keep_pid);
-    assert_up(&mut agent);
-    let peak = status_kb(pid, "VmHWM:");
-    eprintln!("agent memory: idle RSS {idle_rss} kB, idle peak {idle_peak} kB, peak {peak} kB");
-    assert!(
-        peak <= idle_rss + HEADROOM_KB,
-        "the agent's peak RSS went from {idle_peak} kB (idle RSS {idle_rss} kB) to {peak} kB"
+    footprint.check(&mut agent, "at the end");
+    eprintln!(
+        "agent memory: idle RSS {} kB, peak {} kB",
+        footprint.idle_rss,
+        status_kb(footprint.pid, "VmHWM:")
     );
 }
