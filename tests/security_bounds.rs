@@ -106,8 +106,9 @@ fn events(agent: &Agent) -> Vec<Value> {
     let out = agent.cli(&["events", "-o", "json"]);
     assert!(
         out.status.success(),
-        "podkeeper events: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "podkeeper events: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
     );
     let list: Value = serde_json::from_slice(&out.stdout).expect("events -o json is JSON");
     list["items"].as_array().cloned().unwrap_or_default()
