@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Container, Pod, Toleration};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::decode::decode_document;
 use crate::desired::DesiredPod;
 
 /// The kubelet's limit on a manifest's size (`maxConfigLength`).
@@ -64,9 +64,8 @@ pub fn parse_manifest(
     path: &Path,
     node_name: &str,
 ) -> Result<DesiredPod, ManifestError> {
-    let mut value = decode_document(bytes)?;
+    let value = decode_document(bytes).map_err(|e| ManifestError::whole(e.to_string()))?;
     check_type(&value)?;
-    yaml11_octal_modes(&mut value);
     let pod: Pod = serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         ManifestError::at(field, e.into_inner().to_string())
@@ -76,58 +75,6 @@ pub fn parse_manifest(
         pod: apply_static_defaults(pod, path, node_name),
         source: path.to_path_buf(),
     })
-}
-
-/// YAML or JSON text → one generic document.
-fn decode_document(bytes: &[u8]) -> Result<serde_json::Value, ManifestError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| ManifestError::whole(format!("not UTF-8 text: {e}")))?;
-    if text.trim_start().starts_with('{') {
-        return serde_json::from_str(text)
-            .map_err(|e| ManifestError::whole(format!("invalid JSON: {e}")));
-    }
-    let mut documents = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_json::Value::deserialize(document)
-            .map_err(|e| ManifestError::whole(format!("invalid YAML: {e}")))?;
-        if !value.is_null() {
-            documents.push(value);
-        }
-    }
-    match documents.len() {
-        0 => Err(ManifestError::whole("the file is empty")),
-        1 => Ok(documents.remove(0)),
-        n => Err(ManifestError::whole(format!(
-            "the file holds {n} YAML documents; a manifest holds exactly one Pod"
-        ))),
-    }
-}
-
-/// Kubernetes reads YAML 1.1, where `defaultMode: 0644` is octal; a YAML
-/// 1.2 parser sees the string "0644". File modes are the only integer
-/// fields of a Pod written this way, and a string is invalid there anyway,
-/// so those strings are read as the octal numbers they mean.
-fn yaml11_octal_modes(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, item) in map.iter_mut() {
-                let octal = match item {
-                    serde_json::Value::String(text) if key == "mode" || key == "defaultMode" => {
-                        text.strip_prefix('0')
-                            .filter(|digits| !digits.is_empty())
-                            .and_then(|digits| i64::from_str_radix(digits, 8).ok())
-                    }
-                    _ => None,
-                };
-                match octal {
-                    Some(mode) => *item = serde_json::Value::from(mode),
-                    None => yaml11_octal_modes(item),
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(yaml11_octal_modes),
-        _ => {}
-    }
 }
 
 fn check_type(value: &serde_json::Value) -> Result<(), ManifestError> {

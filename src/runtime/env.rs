@@ -3,6 +3,11 @@
 //! expanded (`$(VAR)`) against the variables defined before it, with
 //! `valueFrom.fieldRef` and `resourceFieldRef` resolved from the pod.
 //! Pure.
+//!
+//! Expansion is bounded: a value may name an earlier variable twice, so 44
+//! variables can double one byte to 16 TiB. Every expansion is given what
+//! is left of [`MAX_CONTAINER_CONFIG_BYTES`] and fails before it builds
+//! more.
 
 use std::collections::HashMap;
 
@@ -28,72 +33,154 @@ pub struct EnvError {
     pub message: String,
 }
 
+/// The most bytes a container's environment, command and args may take
+/// after `$(VAR)` expansion, counted as `execve` counts them (`NAME=value`
+/// and each word with its terminating NUL). Linux refuses an `execve`
+/// whose arguments and environment pass a quarter of the stack limit
+/// (2 MiB with the usual 8 MiB stack), so no container that could start is
+/// refused, and no manifest makes the agent build gigabytes of strings.
+pub const MAX_CONTAINER_CONFIG_BYTES: usize = 1 << 20;
+
+/// An expansion that would be longer than the bytes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("expands to more than {limit} bytes")]
+pub struct TooLarge {
+    pub limit: usize,
+}
+
+/// A word of a container's command line whose expansion would take the
+/// container past [`MAX_CONTAINER_CONFIG_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "word {word} of the command line: the container's environment, command and args \
+     would pass {MAX_CONTAINER_CONFIG_BYTES} bytes after $(VAR) expansion"
+)]
+pub struct CommandTooLarge {
+    /// Index in the command line (command then args).
+    pub word: usize,
+}
+
 /// Expands `$(NAME)` references with `lookup`, as Kubernetes does: `$$` is
 /// a literal `$`, an unknown or unterminated reference stays as written.
-pub fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
-    let mut out = String::with_capacity(text.len());
+/// Fails as soon as the result would pass `limit` bytes, before copying.
+pub fn expand<'v>(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<&'v str>,
+    limit: usize,
+) -> Result<String, TooLarge> {
+    let mut out = Bounded {
+        text: String::with_capacity(text.len().min(limit)),
+        limit,
+    };
     let mut rest = text;
     while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
+        out.push(&rest[..at])?;
         let after = &rest[at + 1..];
         if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
+            out.push("$")?;
             rest = tail;
         } else if let Some(inner) = after.strip_prefix('(') {
             match inner.find(')') {
                 Some(end) => {
-                    let name = &inner[..end];
-                    match lookup(name) {
-                        Some(value) => out.push_str(&value),
-                        None => {
-                            out.push_str("$(");
-                            out.push_str(name);
-                            out.push(')');
-                        }
-                    }
+                    let reference = &rest[at..at + end + 3];
+                    out.push(lookup(&inner[..end]).unwrap_or(reference))?;
                     rest = &inner[end + 1..];
                 }
                 None => {
-                    out.push_str("$(");
+                    out.push("$(")?;
                     rest = inner;
                 }
             }
         } else {
-            out.push('$');
+            out.push("$")?;
             rest = after;
         }
     }
-    out.push_str(rest);
-    out
+    out.push(rest)?;
+    Ok(out.text)
+}
+
+/// A string that refuses to grow past `limit` bytes.
+struct Bounded {
+    text: String,
+    limit: usize,
+}
+
+impl Bounded {
+    fn push(&mut self, piece: &str) -> Result<(), TooLarge> {
+        if piece.len() > self.limit - self.text.len() {
+            return Err(TooLarge { limit: self.limit });
+        }
+        self.text.push_str(piece);
+        Ok(())
+    }
+}
+
+/// What `NAME=value` takes in a process's environment.
+fn variable_bytes(name: &str, value: &str) -> usize {
+    name.len() + value.len() + 2
 }
 
 /// The container's own variables (from `env`), resolved and expanded in
-/// order. `list` names the container list for error fields.
+/// order; a name defined again moves to the end with its new value. `list`
+/// names the container list for error fields. Together they may take at
+/// most [`MAX_CONTAINER_CONFIG_BYTES`]; the error names the variable that
+/// would pass it.
 pub fn container_variables(
     pod: &DesiredPod,
     container: &Container,
     list: &str,
     addresses: &PodFacts,
 ) -> Result<Vec<(String, String)>, EnvError> {
-    let mut defined: Vec<(String, String)> = Vec::new();
+    // Name → (order of definition, value), so that a long env list costs
+    // no more than its length in lookups.
+    let mut defined: HashMap<&str, (usize, String)> = HashMap::new();
+    let mut used = 0;
     for (i, var) in container.env.iter().flatten().enumerate() {
         let field = format!("{list}[{}].env[{i}]", container.name);
-        let value = match &var.value_from {
-            None => {
-                let known: HashMap<&str, &str> = defined
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                expand(var.value.as_deref().unwrap_or(""), &|name| {
-                    known.get(name).map(|v| v.to_string())
-                })
-            }
-            Some(source) => resolve_source(pod, container, var, source, &field, addresses)?,
+        // A value defined again replaces the old one, which its expansion
+        // may still name.
+        used -= defined
+            .get(var.name.as_str())
+            .map_or(0, |(_, old)| variable_bytes(&var.name, old));
+        let too_large = || EnvError {
+            field: field.clone(),
+            message: format!(
+                "variable {:?}: the container's environment, command and args would pass \
+                 {MAX_CONTAINER_CONFIG_BYTES} bytes after $(VAR) expansion",
+                var.name
+            ),
         };
-        defined.retain(|(name, _)| name != &var.name);
-        defined.push((var.name.clone(), value));
+        let left = MAX_CONTAINER_CONFIG_BYTES
+            .checked_sub(used + variable_bytes(&var.name, ""))
+            .ok_or_else(too_large)?;
+        let value = match &var.value_from {
+            None => expand(
+                var.value.as_deref().unwrap_or(""),
+                &|name| defined.get(name).map(|(_, value)| value.as_str()),
+                left,
+            )
+            .map_err(|_| too_large())?,
+            Some(source) => {
+                let value = resolve_source(pod, container, var, source, &field, addresses)?;
+                if value.len() > left {
+                    return Err(too_large());
+                }
+                value
+            }
+        };
+        used += variable_bytes(&var.name, &value);
+        defined.insert(&var.name, (i, value));
     }
-    Ok(defined)
+    let mut ordered: Vec<(usize, String, String)> = defined
+        .into_iter()
+        .map(|(name, (order, value))| (order, name.to_string(), value))
+        .collect();
+    ordered.sort_unstable_by_key(|(order, _, _)| *order);
+    Ok(ordered
+        .into_iter()
+        .map(|(_, name, value)| (name, value))
+        .collect())
 }
 
 fn resolve_source(
@@ -246,16 +333,31 @@ pub fn format_map(map: Option<&std::collections::BTreeMap<String, String>>) -> S
         .join("\n")
 }
 
-/// Expands `$(VAR)` in `command` and `args` with the container's variables.
-pub fn expand_command(words: &[String], variables: &[(String, String)]) -> Vec<String> {
+/// Expands `$(VAR)` in `command` and `args` with the container's
+/// variables, within what the variables leave of
+/// [`MAX_CONTAINER_CONFIG_BYTES`].
+pub fn expand_command(
+    words: &[String],
+    variables: &[(String, String)],
+) -> Result<Vec<String>, CommandTooLarge> {
     let known: HashMap<&str, &str> = variables
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    words
+    let mut left = variables
         .iter()
-        .map(|w| expand(w, &|name| known.get(name).map(|v| v.to_string())))
-        .collect()
+        .map(|(name, value)| variable_bytes(name, value))
+        .try_fold(MAX_CONTAINER_CONFIG_BYTES, usize::checked_sub)
+        .ok_or(CommandTooLarge { word: 0 })?;
+    let mut expanded = Vec::with_capacity(words.len());
+    for (word, text) in words.iter().enumerate() {
+        let too_large = CommandTooLarge { word };
+        let limit = left.checked_sub(1).ok_or(too_large)?;
+        let out = expand(text, &|name| known.get(name).copied(), limit).map_err(|_| too_large)?;
+        left = limit - out.len();
+        expanded.push(out);
+    }
+    Ok(expanded)
 }
 
 #[cfg(test)]
@@ -263,17 +365,17 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn lookup(name: &str) -> Option<String> {
+    fn lookup(name: &str) -> Option<&'static str> {
         match name {
-            "A" => Some("alpha".into()),
-            "EMPTY" => Some(String::new()),
+            "A" => Some("alpha"),
+            "EMPTY" => Some(""),
             _ => None,
         }
     }
 
     #[test]
     fn expansion_follows_kubernetes() {
-        let e = |s: &str| expand(s, &lookup);
+        let e = |s: &str| expand(s, &lookup, 100).unwrap();
         assert_eq!(e("$(A)"), "alpha");
         assert_eq!(e("x-$(A)-y"), "x-alpha-y");
         assert_eq!(e("$$(A)"), "$(A)");
@@ -383,8 +485,90 @@ mod tests {
             "$(GREETING) $(NOPE) $$(GREETING)".to_string(),
         ];
         assert_eq!(
-            expand_command(&words, &vars),
+            expand_command(&words, &vars).unwrap(),
             ["echo", "hello $(NOPE) $(GREETING)"]
+        );
+    }
+
+    #[test]
+    fn expansion_stops_at_its_limit() {
+        assert_eq!(expand("$(A)$(A)", &lookup, 10).unwrap(), "alphaalpha");
+        assert_eq!(
+            expand("$(A)$(A)x", &lookup, 10),
+            Err(TooLarge { limit: 10 })
+        );
+        // What is kept as written counts as much as what is substituted.
+        assert!(expand("$(NOPE)$(NOPE)", &lookup, 13).is_err());
+        assert!(expand("$$$$", &lookup, 1).is_err());
+    }
+
+    /// `env` entries each naming the one before twice: `count` of them
+    /// double one byte to 2^count bytes.
+    fn doubling(count: usize) -> String {
+        let mut env = String::from("    - {name: V0, value: x}\n");
+        for n in 1..=count {
+            env.push_str(&format!(
+                "    - {{name: V{n}, value: '$(V{p})$(V{p})'}}\n",
+                p = n - 1
+            ));
+        }
+        env
+    }
+
+    #[test]
+    fn doubling_variables_are_refused_by_name() {
+        // 2^44 bytes (16 TiB) if it were built.
+        let err = variables(&pod(&doubling(44))).unwrap_err();
+        // V19 (512 KiB) would bring them, with the names, past 1 MiB.
+        assert_eq!(err.field, "spec.containers[app].env[19]");
+        assert!(err.message.starts_with("variable \"V19\": "), "{err}");
+        assert!(err.message.contains("1048576 bytes"), "{err}");
+        assert_eq!(variables(&pod(&doubling(18))).unwrap().len(), 19);
+    }
+
+    #[test]
+    fn the_limit_counts_every_variable_once() {
+        let half = "x".repeat(MAX_CONTAINER_CONFIG_BYTES / 2);
+        let env = format!("    - {{name: A, value: {half}}}\n    - {{name: B, value: '$(A)'}}\n");
+        let err = variables(&pod(&env)).unwrap_err();
+        assert_eq!(err.field, "spec.containers[app].env[1]");
+        // Defined again, a variable's old value no longer counts.
+        let env = format!("    - {{name: A, value: {half}}}\n    - {{name: A, value: '$(A)'}}\n");
+        let vars = variables(&pod(&env)).unwrap();
+        assert_eq!(vars.len(), 1);
+        assert!(vars[0].1 == half, "A is no longer the half");
+        // A downward-API value counts too.
+        let label = "x".repeat(MAX_CONTAINER_CONFIG_BYTES);
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, labels: {{big: {label}}}}}\nspec:\n  containers:\n  - name: app\n    image: x\n    env:\n    - {{name: L, valueFrom: {{fieldRef: {{fieldPath: \"metadata.labels['big']\"}}}}}}\n"
+        );
+        let p =
+            crate::manifest::parse::parse_manifest(text.as_bytes(), Path::new("/m/w.yaml"), "n")
+                .unwrap();
+        assert!(variables(&p)
+            .unwrap_err()
+            .message
+            .starts_with("variable \"L\""));
+    }
+
+    #[test]
+    fn redefined_variables_move_to_the_end() {
+        let p = pod("    - {name: A, value: one}\n    - {name: B, value: two}\n    - {name: A, value: '$(A)-again'}\n");
+        let vars = variables(&p).unwrap();
+        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["B", "A"]);
+        assert_eq!(vars[1].1, "one-again");
+    }
+
+    #[test]
+    fn the_command_gets_what_the_variables_leave() {
+        let value = "x".repeat(MAX_CONTAINER_CONFIG_BYTES / 4);
+        let vars = vec![("X".to_string(), value)];
+        let words = |refs: usize| vec!["echo".to_string(), "$(X)".repeat(refs)];
+        assert!(expand_command(&words(2), &vars).is_ok());
+        assert_eq!(
+            expand_command(&words(3), &vars),
+            Err(CommandTooLarge { word: 1 })
         );
     }
 }

@@ -179,7 +179,11 @@ async fn attempt<R: PodRuntime>(shared: &Shared<R>, probe: &Probe, timeout: Dura
             .flatten()
             .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
             .collect();
-        let command = expand_command(exec.command.as_deref().unwrap_or_default(), &variables);
+        let command = match expand_command(exec.command.as_deref().unwrap_or_default(), &variables)
+        {
+            Ok(command) => command,
+            Err(e) => return Outcome::Error(format!("exec command: {e}")),
+        };
         let result = shared
             .runtime
             .exec(&target.container_id, &command, timeout)

@@ -62,6 +62,12 @@ pub(super) fn sub_path(
     Ok(Some((field, sub)))
 }
 
+/// The longest subPathExpr expansion: the kernel's `PATH_MAX`, as no
+/// longer path can be mounted. A container's variables may total 1 MiB,
+/// so without it every volumeMount naming one many times could take that
+/// many times over.
+const MAX_SUB_PATH_BYTES: usize = libc::PATH_MAX as usize;
+
 /// Expands `$(VAR)` in a subPathExpr with Kubernetes' syntax
 /// ([`env::expand`]). Unlike in `command` and `env`, a variable that is
 /// missing or empty is an error, as the kubelet has it: the mount would
@@ -69,13 +75,14 @@ pub(super) fn sub_path(
 fn expand_sub_path_expr(expr: &str, env: &HashMap<String, String>) -> Result<String, String> {
     let missing = RefCell::new(BTreeSet::new());
     let lookup = |name: &str| match env.get(name).filter(|v| !v.is_empty()) {
-        Some(value) => Some(value.clone()),
+        Some(value) => Some(value.as_str()),
         None => {
             missing.borrow_mut().insert(name.to_string());
             None
         }
     };
-    let out = env::expand(expr, &lookup);
+    let out = env::expand(expr, &lookup, MAX_SUB_PATH_BYTES)
+        .map_err(|e| format!("{expr:?}: {e}, longer than any path"))?;
     let missing = missing.into_inner();
     if missing.is_empty() {
         Ok(out)
@@ -359,5 +366,15 @@ mod tests {
         assert_eq!(expand_sub_path_expr("$(A)-$$(Z)", &env).unwrap(), "1-$(Z)");
         let err = expand_sub_path_expr("$(Z)$(Y)$(Z)$(E)", &env).unwrap_err();
         assert!(err.ends_with("missing value for E, Y, Z"), "{err}");
+    }
+
+    #[test]
+    fn sub_path_expr_expansion_is_bounded() {
+        let env = HashMap::from([("A".to_string(), "a".repeat(1000))]);
+        assert!(expand_sub_path_expr("$(A)/$(A)", &env).is_ok());
+        let Err(err) = expand_sub_path_expr(&"$(A)".repeat(5), &env) else {
+            panic!("the expansion was not bounded");
+        };
+        assert!(err.contains("expands to more than 4096 bytes"), "{err}");
     }
 }

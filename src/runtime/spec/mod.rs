@@ -213,7 +213,8 @@ pub fn container_spec(
 ) -> Result<Spec, SpecError> {
     let spec = pod_spec(pod);
     let variables = env::container_variables(pod, container, list, &sandbox.addresses)?;
-    let args = env::expand_command(&command_line(container, image)?, &variables);
+    let args = env::expand_command(&command_line(container, image)?, &variables)
+        .map_err(|e| command_too_large(list, container, e))?;
     let env = environment(image, &pod_hostname(pod), &variables);
     let cwd = container
         .working_dir
@@ -362,14 +363,35 @@ pub fn command_line(container: &Container, image: &ImageConfig) -> Result<Vec<St
     Ok(line)
 }
 
+/// Names the field (`command` or `args`) whose expansion passed the
+/// container's limit; words the image gives are counted with its own.
+fn command_too_large(list: &str, container: &Container, e: env::CommandTooLarge) -> SpecError {
+    let command = container.command.as_deref().unwrap_or_default();
+    let field = if e.word < command.len() {
+        "command"
+    } else {
+        "args"
+    };
+    SpecError::Env(env::EnvError {
+        field: format!("{list}[{}].{field}", container.name),
+        message: e.to_string(),
+    })
+}
+
 /// The image's environment, then `HOSTNAME` as containerd's CRI plugin sets
 /// it, then the container's variables, later ones replacing earlier ones of
 /// the same name in place.
+/// Names are found through an index, so that a long list costs no more
+/// than its length.
 fn environment(image: &ImageConfig, hostname: &str, variables: &[(String, String)]) -> Vec<String> {
     let mut merged: Vec<(String, String)> = Vec::new();
-    let mut set = |name: &str, value: &str| match merged.iter_mut().find(|(n, _)| n == name) {
-        Some(entry) => entry.1 = value.to_string(),
-        None => merged.push((name.to_string(), value.to_string())),
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut set = |name: &str, value: &str| match index.get(name) {
+        Some(&at) => merged[at].1 = value.to_string(),
+        None => {
+            index.insert(name.to_string(), merged.len());
+            merged.push((name.to_string(), value.to_string()));
+        }
     };
     for entry in &image.env {
         let (name, value) = entry.split_once('=').unwrap_or((entry, ""));

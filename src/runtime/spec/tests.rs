@@ -245,6 +245,28 @@ fn a_secret_env_source_is_a_config_error_naming_the_field() {
 }
 
 #[test]
+fn a_command_line_expanding_past_the_limit_names_its_field() {
+    let big = "x".repeat(env::MAX_CONTAINER_CONFIG_BYTES / 4);
+    let refs = "$(BIG)".repeat(4);
+    let fields = [
+        (format!("    command: [sh, '{refs}']\n"), "command"),
+        (
+            format!("    command: [sh]\n    args: [-c, '{refs}']\n"),
+            "args",
+        ),
+        (format!("    args: ['{refs}']\n"), "args"),
+    ];
+    for (line, field) in fields {
+        let container = format!("{line}    env:\n    - {{name: BIG, value: {big}}}\n");
+        let text = try_build(&pod("", &container), &image())
+            .unwrap_err()
+            .to_string();
+        let expected = format!("spec.containers[app].{field}: word ");
+        assert!(text.starts_with(&expected), "{text}");
+    }
+}
+
+#[test]
 fn working_dir_from_container_then_image_then_root() {
     let cwd = |s: &Spec| s.process().as_ref().unwrap().cwd().display().to_string();
     assert_eq!(
