@@ -1,8 +1,10 @@
 //! Where names that come from pods meet the node's filesystem: paths are
 //! built only from checked components under a trusted base
 //! ([`safe_path`]), and trees are removed through file descriptors without
-//! following a symlink or crossing a mount ([`remove`]).
+//! following a symlink or crossing a mount ([`remove`]), both on the
+//! descriptor-relative system calls of [`fd`].
 
+pub mod fd;
 pub mod remove;
 pub mod safe_path;
 

@@ -1,16 +1,16 @@
-//! `subPath` and `subPathExpr`: expanding, checking and resolving a path
-//! inside a volume without following symlinks out of it.
+//! `subPath` and `subPathExpr`: expanding, checking and opening a path
+//! inside a volume by file descriptor, without following symlinks out of it.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsString;
-use std::fs::{self, DirBuilder, Permissions};
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::ffi::{CStr, OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::{fs, io};
 
 use k8s_openapi::api::core::v1::VolumeMount;
 
+use crate::host::fd;
 use crate::runtime::env;
 
 use super::{VolumeError, MAX_SYMLINKS};
@@ -85,91 +85,119 @@ fn expand_sub_path_expr(expr: &str, env: &HashMap<String, String>) -> Result<Str
     }
 }
 
-/// Resolves `sub` inside the volume at `base` the way the kernel would
-/// resolve `base/sub`, except that a symlink leading out of the volume (by
-/// `..` or an absolute target elsewhere) is an error rather than followed.
-/// Missing components are created as directories with the volume's
-/// permissions (the kubelet's `SafeMakeDir`). Returns a symlink-free path.
-/// Errors do not name where a symlink points: that is the node's business.
-pub(super) fn resolve_sub_path(base: &Path, sub: &str) -> Result<PathBuf, String> {
-    let real_base =
-        fs::canonicalize(base).map_err(|e| format!("volume {}: {e}", base.display()))?;
-    let perm = fs::metadata(&real_base)
-        .map_err(|e| format!("volume {}: {e}", base.display()))?
-        .mode()
-        & 0o777;
-    let outside = |through: &Path| {
-        format!(
-            "subPath {sub:?} leads outside the volume through the symlink {:?}",
-            through.strip_prefix(&real_base).unwrap_or(through)
-        )
+/// Most directories a subPath walk holds open at once (one descriptor per
+/// level), so a subPath or a chain of symlinks cannot exhaust descriptors.
+const MAX_DEPTH: usize = 256;
+/// How often a name that vanished or appeared while being created is
+/// looked up again before giving up: a container racing the walk gets an
+/// error, never a loop.
+const MAX_RETRIES: usize = 16;
+
+/// Opens `sub` inside the volume at `base` the way the kernel would resolve
+/// `base/sub`, except that a symlink leading out of the volume (by `..` or
+/// an absolute target elsewhere) is an error rather than followed. Missing
+/// components are created as directories with the volume's permissions (the
+/// kubelet's `SafeMakeDir`). Returns a descriptor of what `sub` names, to be
+/// bind-mounted from (`pin::pin_sub_path`).
+///
+/// Every step is relative to a descriptor already held: each name is opened
+/// with `O_NOFOLLOW` in the directory opened before it, a symlink is read
+/// from the descriptor of the link itself and resolved by this walk, `..`
+/// goes back to the directory the walk came from, and a created directory
+/// gets its mode by `fchmod` on its own descriptor. So a container that
+/// swaps a directory of the volume for a symlink while this runs can make
+/// it fail, but never makes it create, chmod or return anything outside the
+/// volume. Errors do not name where a symlink points: that is the node's
+/// business.
+pub(super) fn open_sub_path(base: &Path, sub: &str) -> Result<OwnedFd, String> {
+    let in_volume = |e: io::Error| format!("volume {}: {e}", base.display());
+    let real_base = fs::canonicalize(base).map_err(in_volume)?;
+    let root = fd::open_dir(&real_base).map_err(in_volume)?;
+    let perm = fd::fstat(root.as_fd()).map_err(in_volume)?.st_mode & 0o777;
+    let failed = |e: io::Error| format!("subPath {sub:?}: {e}");
+    let outside = |link: &OsStr| {
+        format!("subPath {sub:?} leads outside the volume through the symlink {link:?}")
     };
-    let mut current = real_base.clone();
+    // The directories walked so far, the volume first: `..` pops one.
+    let mut dirs: Vec<OwnedFd> = vec![root];
     // Components still to walk, last one first.
     let mut pending: Vec<OsString> = components_of(Path::new(sub));
     pending.reverse();
-    let mut links = 0;
-    // The symlink that brought us where we are, for error messages.
-    let mut last_link: Option<PathBuf> = None;
+    let (mut links, mut retries) = (0, 0);
     while let Some(part) = pending.pop() {
         if part == ".." {
-            if current == real_base {
-                return Err(outside(last_link.as_deref().unwrap_or(Path::new(sub))));
+            if dirs.len() == 1 {
+                return Err(outside(&part));
             }
-            current.pop();
+            dirs.pop();
             continue;
         }
-        let next = current.join(&part);
-        let meta = match fs::symlink_metadata(&next) {
-            Ok(meta) => meta,
+        let name = fd::c_name(&part).map_err(failed)?;
+        let dir = dirs.last().expect("the volume is never popped").as_fd();
+        let (opened, created) = match fd::open_at(dir, &name, fd::PATH_NOFOLLOW) {
+            Ok(opened) => (opened, false),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match DirBuilder::new().mode(perm).create(&next) {
-                    Ok(()) => {}
-                    // Created meanwhile: look again.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                match make_dir(dir, &name, perm) {
+                    Ok(made) => (made, true),
+                    // Made or removed meanwhile: look again.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound
+                        ) && retries < MAX_RETRIES =>
+                    {
+                        retries += 1;
                         pending.push(part);
                         continue;
                     }
                     Err(e) => return Err(format!("creating subPath {sub:?}: {e}")),
                 }
-                fs::set_permissions(&next, Permissions::from_mode(perm))
-                    .map_err(|e| format!("creating subPath {sub:?}: {e}"))?;
-                current = next;
-                continue;
             }
-            Err(e) => return Err(format!("subPath {sub:?}: {e}")),
+            Err(e) => return Err(failed(e)),
         };
-        if meta.file_type().is_symlink() {
+        let st = fd::fstat(opened.as_fd()).map_err(failed)?;
+        if !created && fd::is_type(&st, libc::S_IFLNK) {
             links += 1;
             if links > MAX_SYMLINKS {
                 return Err(format!(
                     "subPath {sub:?}: too many levels of symbolic links"
                 ));
             }
-            let target = fs::read_link(&next).map_err(|e| format!("subPath {sub:?}: {e}"))?;
+            let target = PathBuf::from(fd::read_link(opened.as_fd()).map_err(failed)?);
             if target.is_absolute() {
                 // Only an absolute link back into the volume itself is fine.
                 let inside = target
                     .strip_prefix(&real_base)
                     .or_else(|_| target.strip_prefix(base))
-                    .map_err(|_| outside(&next))?;
-                current = real_base.clone();
+                    .map_err(|_| outside(&part))?;
+                dirs.truncate(1);
                 pending.extend(components_of(inside).into_iter().rev());
             } else {
                 pending.extend(components_of(&target).into_iter().rev());
             }
-            last_link = Some(next);
             continue;
         }
-        if !meta.is_dir() && !pending.is_empty() {
+        if !fd::is_type(&st, libc::S_IFDIR) && !pending.is_empty() {
+            return Err(format!("subPath {sub:?}: {part:?} is not a directory"));
+        }
+        if dirs.len() > MAX_DEPTH {
             return Err(format!(
-                "subPath {sub:?}: {:?} is not a directory",
-                next.strip_prefix(&real_base).unwrap_or(&next)
+                "subPath {sub:?}: more than {MAX_DEPTH} directories deep"
             ));
         }
-        current = next;
+        dirs.push(opened);
     }
-    Ok(current)
+    Ok(dirs.pop().expect("the volume is never popped"))
+}
+
+/// `name` made in `dir` as a directory with exactly `perm`: created with
+/// `mkdirat`, opened without following a symlink (one swapped in since is
+/// refused), and `fchmod`ed through that descriptor.
+fn make_dir(dir: BorrowedFd<'_>, name: &CStr, perm: u32) -> io::Result<OwnedFd> {
+    fd::mkdir_at(dir, name, perm)?;
+    let made = fd::open_at(dir, name, fd::DIR_NOFOLLOW)?;
+    fd::fchmod(made.as_fd(), perm)?;
+    Ok(made)
 }
 
 /// The normal and `..` components of a path, as owned names.

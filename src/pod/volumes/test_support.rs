@@ -8,6 +8,9 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+/// The container ID the tests pin subPaths for.
+pub(super) const TEST_ID: &str = "pk-test-c-app-1";
+
 /// A pod from manifest text: `volumes` is the YAML list under
 /// `spec.volumes` (indented by 2), `mounts` the one under the container's
 /// `volumeMounts` (indented by 4).
@@ -50,6 +53,7 @@ pub(super) fn mounts(
     container_mounts(
         &prepared,
         container(&p),
+        TEST_ID,
         "spec.containers",
         privileged,
         &env,
