@@ -218,11 +218,13 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::fs;
-    use std::os::unix::fs::symlink;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     #[test]
     fn sub_path_is_created_as_a_directory_with_the_volume_mode() {
         let tmp = tempfile::tempdir().unwrap();
+        let _unpin = Unpin(tmp.path().into());
         let list = mounts(
             "  - name: cache\n    emptyDir: {}\n",
             "    - {name: cache, mountPath: /logs, subPath: app/logs}\n",
@@ -234,7 +236,7 @@ mod tests {
         let expected = fs::canonicalize(tmp.path())
             .unwrap()
             .join("empty-dir/cache/app/logs");
-        assert_eq!(list[0].source().as_deref(), Some(expected.as_path()));
+        assert_pinned(&list[0], tmp.path(), 0, &expected);
         assert!(expected.is_dir());
         assert_eq!(mode(&expected), 0o777);
         assert_eq!(mode(expected.parent().unwrap()), 0o777);
@@ -249,6 +251,8 @@ mod tests {
         symlink("real", host.join("link")).unwrap();
         symlink(host.join("real"), host.join("absolute-link")).unwrap();
         let real = fs::canonicalize(host.join("real/app.conf")).unwrap();
+        let root = tmp.path().join("v");
+        let _unpin = Unpin(root.clone());
         for sub in [
             "real/app.conf",
             "link/app.conf",
@@ -258,12 +262,13 @@ mod tests {
             let list = mounts(
                 &host_path("h", &host, "Directory"),
                 &format!("    - {{name: h, mountPath: /etc/app.conf, subPath: \"{sub}\"}}\n"),
-                &tmp.path().join("v"),
+                &root,
                 false,
                 &[],
             )
             .unwrap();
-            assert_eq!(list[0].source().as_deref(), Some(real.as_path()), "{sub}");
+            assert_pinned(&list[0], &root, 0, &real);
+            assert!(list[0].source().as_ref().unwrap().is_file(), "{sub}");
         }
     }
 
@@ -329,9 +334,70 @@ mod tests {
         assert!(!secret.join("x").exists());
     }
 
+    /// A container swapping a directory of its volume for a symlink to a
+    /// host directory while the agent opens a subPath through it: the walk
+    /// may fail, but never creates, chmods or returns anything outside.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_never_leads_the_walk_outside() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let volume = tmp.path().join("volume");
+        let host = tmp.path().join("host");
+        fs::create_dir(&volume).unwrap();
+        fs::create_dir(&host).unwrap();
+        fs::set_permissions(&volume, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::set_permissions(&host, fs::Permissions::from_mode(0o700)).unwrap();
+        let real_volume = fs::canonicalize(&volume).unwrap();
+        let (stop, swaps) = (AtomicBool::new(false), AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let sub = volume.join("sub");
+                while !stop.load(Ordering::Relaxed) {
+                    let n = swaps.fetch_add(1, Ordering::Relaxed);
+                    let _ = fs::create_dir(&sub);
+                    std::thread::yield_now();
+                    // The directory (with what the walk made in it) moves
+                    // away inside the volume; a symlink takes its place.
+                    let _ = fs::rename(&sub, volume.join(format!("old-{n}")));
+                    let _ = symlink(&host, &sub);
+                    std::thread::yield_now();
+                    let _ = fs::remove_file(&sub);
+                }
+            });
+            // Checked here, asserted once the racing thread has stopped.
+            let outcome = (|| {
+                let mut walks = 0;
+                while walks < 2000 || swaps.load(Ordering::Relaxed) < 200 {
+                    walks += 1;
+                    if let Ok(opened) = open_sub_path(&volume, "sub/x/y") {
+                        let at = fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd()));
+                        let at = at.unwrap();
+                        if !at.starts_with(&real_volume) {
+                            return Err(format!("walk {walks} ended at {at:?}"));
+                        }
+                    }
+                    if fs::read_dir(&host).unwrap().count() != 0 {
+                        return Err(format!(
+                            "walk {walks} created something in the host directory"
+                        ));
+                    }
+                    if walks > 1_000_000 {
+                        return Err("the racing thread never ran".into());
+                    }
+                }
+                Ok(())
+            })();
+            stop.store(true, Ordering::Relaxed);
+            outcome
+        })
+        .unwrap();
+        assert_eq!(mode(&host), 0o700);
+    }
+
     #[test]
     fn sub_path_expr_is_expanded_with_the_container_env() {
         let tmp = tempfile::tempdir().unwrap();
+        let _unpin = Unpin(tmp.path().into());
         let volume = "  - name: cache\n    emptyDir: {}\n";
         let env = [("POD_NAME", "web-node1"), ("EMPTY", "")];
         let list = mounts(
@@ -345,7 +411,7 @@ mod tests {
         let expected = fs::canonicalize(tmp.path())
             .unwrap()
             .join("empty-dir/cache/web-node1/logs$x$y");
-        assert_eq!(list[0].source().as_deref(), Some(expected.as_path()));
+        assert_pinned(&list[0], tmp.path(), 0, &expected);
         assert!(expected.is_dir());
 
         for (expr, message) in [

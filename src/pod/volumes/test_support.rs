@@ -74,3 +74,35 @@ pub(super) fn some_block_device() -> Option<PathBuf> {
         is_block.then(|| e.path())
     })
 }
+
+/// Releases the subPaths the tests pinned under a volume root when
+/// dropped (declared after the tempdir, so it runs first).
+pub(super) struct Unpin(pub PathBuf);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        release_sub_paths(&self.0, TEST_ID).unwrap();
+    }
+}
+
+/// Asserts that a mount's source is the pin of volumeMount `index` under
+/// `root` and shows the very file or directory at `expected`.
+pub(super) fn assert_pinned(mount: &Mount, root: &Path, index: usize, expected: &Path) {
+    let source = mount.source().clone().unwrap();
+    assert_eq!(
+        source,
+        root.join("volume-subpaths")
+            .join(TEST_ID)
+            .join(index.to_string())
+    );
+    let (a, b) = (
+        fs::metadata(&source).unwrap(),
+        fs::metadata(expected).unwrap(),
+    );
+    assert_eq!(
+        (a.dev(), a.ino()),
+        (b.dev(), b.ino()),
+        "{}",
+        expected.display()
+    );
+}
