@@ -204,8 +204,9 @@ spec:
     let prepared = prepare(&p, &root).expect("prepare");
     let container = &p.pod.spec.as_ref().expect("spec").containers[0];
     let env = HashMap::from([("SUB".to_string(), "logs".to_string())]);
+    let id = "pk-e2e-c-app-0";
     let mounts =
-        container_mounts(&prepared, container, "spec.containers", false, &env).expect("mounts");
+        container_mounts(&prepared, container, id, "spec.containers", false, &env).expect("mounts");
 
     // `ctr run --mount` with exactly the source, destination and options
     // container_mounts returned.

@@ -1,8 +1,9 @@
 //! Where names that come from pods meet the node's filesystem: paths are
 //! built only from checked components under a trusted base
 //! ([`safe_path`]), and trees are removed through file descriptors without
-//! following a symlink or crossing a mount ([`remove`]); what only root
-//! may read is created private from the start ([`private_files`]).
+//! following a symlink or crossing a mount ([`remove`]), both on the
+//! descriptor-relative system calls of [`fd`]; what only root may read is
+//! created private from the start ([`private_files`]).
 
 pub mod fd;
 pub mod private_files;

@@ -7,11 +7,11 @@
 //! stray bind mount of a host directory) is an error, never emptied.
 
 use std::ffi::{CStr, CString, OsString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::{fs, io};
 
-use super::SafePath;
+use super::{fd, SafePath};
 
 /// How deep a tree may go: each level holds one open descriptor while its
 /// entries are removed, and a container must not be able to exhaust them.
@@ -134,23 +134,12 @@ fn name_of(component: &str) -> io::Result<CString> {
 /// The trusted base, opened as any path (it comes from the configuration
 /// and may itself sit below a symlink such as `/var/run`).
 fn open_base(path: &SafePath) -> io::Result<OwnedFd> {
-    let file = fs::File::open(path.trusted())?;
-    if !file.metadata()?.is_dir() {
-        return Err(io::Error::from(io::ErrorKind::NotADirectory));
-    }
-    Ok(file.into())
+    fd::open_dir(path.trusted())
 }
 
 /// The directory `name` in `dir`, refusing to follow a symlink.
 fn open_dir_at(dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // SAFETY: a valid descriptor and a NUL-terminated name.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: openat returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    fd::open_at(dir.as_fd(), name, fd::DIR_NOFOLLOW)
 }
 
 fn unlink_at(dir: &OwnedFd, name: &CStr, flags: libc::c_int) -> io::Result<()> {

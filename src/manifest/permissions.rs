@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -133,12 +133,12 @@ fn walk(path: &Path, want: Want) -> Result<OwnedFd, OpenError> {
         let (parent, parent_path) = dirs.last().expect("the root is never popped");
         let here = parent_path.join(&name);
         let c_name = CString::new(name.as_bytes()).map_err(|e| unreadable(&here, e.into()))?;
-        let opened = match fd::open_at(parent, &c_name, libc::O_PATH | libc::O_NOFOLLOW) {
+        let opened = match fd::open_at(parent.as_fd(), &c_name, libc::O_PATH | libc::O_NOFOLLOW) {
             Ok(opened) => opened,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(OpenError::Gone(here)),
             Err(e) => return Err(unreadable(&here, e)),
         };
-        let st = fd::fstat(&opened).map_err(|e| unreadable(&here, e))?;
+        let st = fd::fstat(opened.as_fd()).map_err(|e| unreadable(&here, e))?;
         match st.st_mode & libc::S_IFMT {
             libc::S_IFLNK => {
                 if !trusted(st.st_uid, effective_uid()) {
@@ -151,7 +151,7 @@ fn walk(path: &Path, want: Want) -> Result<OwnedFd, OpenError> {
                 if links > MAX_SYMLINKS {
                     return Err(unreadable(&here, io::Error::from_raw_os_error(libc::ELOOP)));
                 }
-                let target = fd::read_link(&opened).map_err(|e| unreadable(&here, e))?;
+                let target = fd::read_link(opened.as_fd()).map_err(|e| unreadable(&here, e))?;
                 if Path::new(&target).is_absolute() {
                     dirs.truncate(1);
                 }
@@ -168,7 +168,7 @@ fn walk(path: &Path, want: Want) -> Result<OwnedFd, OpenError> {
                 // add or replace a file in it, sticky or not.
                 check(parent, parent_path, Strictness::Holder)?;
                 let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
-                let file = match fd::open_at(parent, &c_name, flags) {
+                let file = match fd::open_at(parent.as_fd(), &c_name, flags) {
                     Ok(file) => file,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         return Err(OpenError::Gone(here))
@@ -220,7 +220,7 @@ enum Strictness {
 }
 
 fn check(fd: &OwnedFd, path: &Path, strictness: Strictness) -> Result<(), OpenError> {
-    let st = fd::fstat(fd).map_err(|source| OpenError::Unreadable {
+    let st = fd::fstat(fd.as_fd()).map_err(|source| OpenError::Unreadable {
         path: path.into(),
         source,
     })?;

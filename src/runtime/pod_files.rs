@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::PodSpec;
 
 use crate::desired::DesiredPod;
 use crate::host::{private_files, remove_tree, SafePath, UnsafeComponent};
+use crate::runtime::labels;
 
 /// containerd's `defaultShmSize`.
 pub const SHM_SIZE: u64 = 64 << 20;
@@ -57,6 +58,26 @@ impl PodFiles {
     /// Root of the pod's volumes.
     pub fn volumes(&self) -> &SafePath {
         &self.volumes
+    }
+
+    /// The files of the pods a container ID (`labels::container_id`) may
+    /// belong to: those whose directory's UID gives the ID's prefix. The ID
+    /// alone carries only a shortened UID, and the container may be gone
+    /// from containerd with its labels.
+    pub fn of_container(state_dir: &Path, container_id: &str) -> Vec<PodFiles> {
+        let Some(prefix) = labels::prefix_of(container_id) else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(state_dir.join("pods")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|uid| labels::id_prefix(uid) == prefix)
+            .filter_map(|uid| PodFiles::new(state_dir, &uid).ok())
+            .collect()
     }
 }
 

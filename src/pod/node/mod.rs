@@ -447,7 +447,9 @@ impl PodRuntime for NodeRuntime {
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.containerd.remove_container(id).await
+        self.containerd.remove_container(id).await?;
+        volumes::release_removed_container(&self.settings.state_dir, id);
+        Ok(())
     }
 
     async fn remove_pod(&self, uid: &str) -> bool {

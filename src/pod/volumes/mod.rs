@@ -25,12 +25,14 @@ mod downward_api;
 mod host_path;
 mod local;
 mod mounts;
+mod pin;
 mod sub_path;
 #[cfg(test)]
 mod test_support;
 
 pub use cleanup::cleanup;
 pub use mounts::{container_mounts, rootfs_propagation};
+pub use pin::{release_removed_container, release_sub_paths};
 
 use downward_api::plan_downward_api;
 use host_path::{check_host_path, create_host_path, plan_host_path};

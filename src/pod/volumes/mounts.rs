@@ -9,8 +9,11 @@ use std::path::{Component, Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, VolumeMount};
 use oci_spec::runtime::Mount;
 
-use super::sub_path::{resolve_sub_path, sub_path};
-use super::{HostPathType, PreparedVolumes, VolumeError, VolumeKind, HOST_DIR_MODE};
+use super::pin::{pin_sub_path, release_sub_paths};
+use super::sub_path::{open_sub_path, sub_path};
+use super::{
+    HostPathType, PreparedVolume, PreparedVolumes, VolumeError, VolumeKind, HOST_DIR_MODE,
+};
 
 /// OCI mounts for one container's `volumeMounts`, as containerd's CRI plugin
 /// builds them from the kubelet's: `bind` mounts with `rbind`, the
@@ -22,18 +25,21 @@ use super::{HostPathType, PreparedVolumes, VolumeError, VolumeKind, HOST_DIR_MOD
 /// `subPath`, or `subPathExpr` expanded (`$(VAR)`) with `env` (the
 /// container's final environment; a missing or empty variable is an error,
 /// as in the kubelet), selects a path inside the volume: relative, without
-/// `..`, resolved through symlinks only as long as they stay inside the
-/// volume, and created as a directory (with the volume's permissions) when
-/// missing. A hostPath without a type that does not exist is created as a
+/// `..`, opened by file descriptor through symlinks only as long as they
+/// stay inside the volume, and created as a directory (with the volume's
+/// permissions) when missing. As the kubelet does, the opened subPath is
+/// pinned: bind-mounted from its descriptor onto
+/// `<volume root>/volume-subpaths/<container_id>/<index>`, which becomes
+/// the mount source, so a container swapping a directory for a symlink
+/// cannot redirect runc's mount. Pins left by an earlier call for the same
+/// `container_id` are released first; the caller releases them
+/// ([`release_sub_paths`]) when the container is not created or removed.
+/// A hostPath without a type that does not exist is created as a
 /// directory, as containerd's CRI plugin does for missing mount sources.
-///
-/// Known gap against the kubelet: the kubelet pins a resolved subPath by
-/// bind-mounting an `O_PATH` descriptor of it, so a container that swaps a
-/// path component for a symlink between this check and runc's mount cannot
-/// redirect the mount; here the path is resolved and handed to runc as is.
 pub fn container_mounts(
     prepared: &PreparedVolumes,
     container: &Container,
+    container_id: &str,
     list: &str,
     privileged: bool,
     env: &HashMap<String, String>,
@@ -42,7 +48,7 @@ pub fn container_mounts(
     // anything is created on the node.
     let mut checked = Vec::new();
     let mut destinations = HashSet::new();
-    for mount in container.volume_mounts.iter().flatten() {
+    for (index, mount) in container.volume_mounts.iter().flatten().enumerate() {
         let at = |field: &str| {
             format!(
                 "{list}[{}].volumeMounts[{}]{field}",
@@ -72,20 +78,34 @@ pub fn container_mounts(
             .map_err(|m| VolumeError::new(at(".recursiveReadOnly"), m))?;
         let sub = sub_path(mount, env, &at)?;
         let read_only = mount.read_only.unwrap_or(false) || volume.read_only;
-        checked.push((at(""), volume, destination, propagation, sub, read_only));
+        checked.push((
+            index,
+            at(""),
+            volume,
+            destination,
+            propagation,
+            sub,
+            read_only,
+        ));
     }
 
+    let root = prepared.root();
+    release_sub_paths(root, container_id).map_err(|e| {
+        VolumeError::new(
+            format!("{list}[{}].volumeMounts", container.name),
+            format!("releasing the subPaths pinned earlier: {e}"),
+        )
+    })?;
     let mut mounts = Vec::with_capacity(checked.len());
-    for (at, volume, destination, propagation, sub, read_only) in checked {
-        if volume.kind == VolumeKind::HostPath(HostPathType::Unchecked) {
-            create_unchecked_host_path(&volume.path).map_err(|e| {
-                VolumeError::new(&at, format!("creating {}: {e}", volume.path.display()))
-            })?;
-        }
-        let source = match sub {
-            None => volume.path.clone(),
-            Some((field, sub)) => resolve_sub_path(&volume.path, &sub)
-                .map_err(|m| VolumeError::new(format!("{at}{field}"), m))?,
+    for (index, at, volume, destination, propagation, sub, read_only) in checked {
+        let source = match mount_source(root, container_id, index, volume, sub) {
+            Ok(source) => source,
+            Err((field, message)) => {
+                if let Err(e) = release_sub_paths(root, container_id) {
+                    tracing::warn!(container = container_id, error = %e, "cannot release the pinned subPaths");
+                }
+                return Err(VolumeError::new(format!("{at}{field}"), message));
+            }
         };
         let options = vec![
             "rbind".to_string(),
@@ -102,6 +122,28 @@ pub fn container_mounts(
     // Stable: mounts at the same depth keep the manifest's order.
     mounts.sort_by_key(|m| m.destination().components().count());
     Ok(mounts)
+}
+
+/// The bind mount source of one volumeMount: the volume, or its subPath
+/// opened and pinned. Errors carry the field (relative to the mount) they
+/// are about.
+fn mount_source(
+    root: &Path,
+    container_id: &str,
+    index: usize,
+    volume: &PreparedVolume,
+    sub: Option<(&'static str, String)>,
+) -> Result<PathBuf, (&'static str, String)> {
+    if volume.kind == VolumeKind::HostPath(HostPathType::Unchecked) {
+        create_unchecked_host_path(&volume.path)
+            .map_err(|e| ("", format!("creating {}: {e}", volume.path.display())))?;
+    }
+    let Some((field, sub)) = sub else {
+        return Ok(volume.path.clone());
+    };
+    let target = open_sub_path(&volume.path, &sub).map_err(|m| (field, m))?;
+    pin_sub_path(root, container_id, index, &target)
+        .map_err(|e| (field, format!("pinning subPath {sub:?}: {e}")))
 }
 
 /// The rootfs propagation a container needs for `mounts` to propagate as
@@ -213,6 +255,7 @@ mod tests {
         let list = container_mounts(
             &prepared,
             container(&p),
+            TEST_ID,
             "spec.containers",
             false,
             &HashMap::new(),
@@ -400,6 +443,7 @@ mod tests {
         let err = container_mounts(
             &prepared,
             &init,
+            TEST_ID,
             "spec.initContainers",
             false,
             &HashMap::new(),

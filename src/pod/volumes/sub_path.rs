@@ -1,16 +1,16 @@
-//! `subPath` and `subPathExpr`: expanding, checking and resolving a path
-//! inside a volume without following symlinks out of it.
+//! `subPath` and `subPathExpr`: expanding, checking and opening a path
+//! inside a volume by file descriptor, without following symlinks out of it.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsString;
-use std::fs::{self, DirBuilder, Permissions};
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::ffi::{CStr, OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::{fs, io};
 
 use k8s_openapi::api::core::v1::VolumeMount;
 
+use crate::host::fd;
 use crate::runtime::env;
 
 use super::{VolumeError, MAX_SYMLINKS};
@@ -92,91 +92,119 @@ fn expand_sub_path_expr(expr: &str, env: &HashMap<String, String>) -> Result<Str
     }
 }
 
-/// Resolves `sub` inside the volume at `base` the way the kernel would
-/// resolve `base/sub`, except that a symlink leading out of the volume (by
-/// `..` or an absolute target elsewhere) is an error rather than followed.
-/// Missing components are created as directories with the volume's
-/// permissions (the kubelet's `SafeMakeDir`). Returns a symlink-free path.
-/// Errors do not name where a symlink points: that is the node's business.
-pub(super) fn resolve_sub_path(base: &Path, sub: &str) -> Result<PathBuf, String> {
-    let real_base =
-        fs::canonicalize(base).map_err(|e| format!("volume {}: {e}", base.display()))?;
-    let perm = fs::metadata(&real_base)
-        .map_err(|e| format!("volume {}: {e}", base.display()))?
-        .mode()
-        & 0o777;
-    let outside = |through: &Path| {
-        format!(
-            "subPath {sub:?} leads outside the volume through the symlink {:?}",
-            through.strip_prefix(&real_base).unwrap_or(through)
-        )
+/// Most directories a subPath walk holds open at once (one descriptor per
+/// level), so a subPath or a chain of symlinks cannot exhaust descriptors.
+const MAX_DEPTH: usize = 256;
+/// How often a name that vanished or appeared while being created is
+/// looked up again before giving up: a container racing the walk gets an
+/// error, never a loop.
+const MAX_RETRIES: usize = 16;
+
+/// Opens `sub` inside the volume at `base` the way the kernel would resolve
+/// `base/sub`, except that a symlink leading out of the volume (by `..` or
+/// an absolute target elsewhere) is an error rather than followed. Missing
+/// components are created as directories with the volume's permissions (the
+/// kubelet's `SafeMakeDir`). Returns a descriptor of what `sub` names, to be
+/// bind-mounted from (`pin::pin_sub_path`).
+///
+/// Every step is relative to a descriptor already held: each name is opened
+/// with `O_NOFOLLOW` in the directory opened before it, a symlink is read
+/// from the descriptor of the link itself and resolved by this walk, `..`
+/// goes back to the directory the walk came from, and a created directory
+/// gets its mode by `fchmod` on its own descriptor. So a container that
+/// swaps a directory of the volume for a symlink while this runs can make
+/// it fail, but never makes it create, chmod or return anything outside the
+/// volume. Errors do not name where a symlink points: that is the node's
+/// business.
+pub(super) fn open_sub_path(base: &Path, sub: &str) -> Result<OwnedFd, String> {
+    let in_volume = |e: io::Error| format!("volume {}: {e}", base.display());
+    let real_base = fs::canonicalize(base).map_err(in_volume)?;
+    let root = fd::open_dir(&real_base).map_err(in_volume)?;
+    let perm = fd::fstat(root.as_fd()).map_err(in_volume)?.st_mode & 0o777;
+    let failed = |e: io::Error| format!("subPath {sub:?}: {e}");
+    let outside = |link: &OsStr| {
+        format!("subPath {sub:?} leads outside the volume through the symlink {link:?}")
     };
-    let mut current = real_base.clone();
+    // The directories walked so far, the volume first: `..` pops one.
+    let mut dirs: Vec<OwnedFd> = vec![root];
     // Components still to walk, last one first.
     let mut pending: Vec<OsString> = components_of(Path::new(sub));
     pending.reverse();
-    let mut links = 0;
-    // The symlink that brought us where we are, for error messages.
-    let mut last_link: Option<PathBuf> = None;
+    let (mut links, mut retries) = (0, 0);
     while let Some(part) = pending.pop() {
         if part == ".." {
-            if current == real_base {
-                return Err(outside(last_link.as_deref().unwrap_or(Path::new(sub))));
+            if dirs.len() == 1 {
+                return Err(outside(&part));
             }
-            current.pop();
+            dirs.pop();
             continue;
         }
-        let next = current.join(&part);
-        let meta = match fs::symlink_metadata(&next) {
-            Ok(meta) => meta,
+        let name = fd::c_name(&part).map_err(failed)?;
+        let dir = dirs.last().expect("the volume is never popped").as_fd();
+        let (opened, created) = match fd::open_at(dir, &name, fd::PATH_NOFOLLOW) {
+            Ok(opened) => (opened, false),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match DirBuilder::new().mode(perm).create(&next) {
-                    Ok(()) => {}
-                    // Created meanwhile: look again.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                match make_dir(dir, &name, perm) {
+                    Ok(made) => (made, true),
+                    // Made or removed meanwhile: look again.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound
+                        ) && retries < MAX_RETRIES =>
+                    {
+                        retries += 1;
                         pending.push(part);
                         continue;
                     }
                     Err(e) => return Err(format!("creating subPath {sub:?}: {e}")),
                 }
-                fs::set_permissions(&next, Permissions::from_mode(perm))
-                    .map_err(|e| format!("creating subPath {sub:?}: {e}"))?;
-                current = next;
-                continue;
             }
-            Err(e) => return Err(format!("subPath {sub:?}: {e}")),
+            Err(e) => return Err(failed(e)),
         };
-        if meta.file_type().is_symlink() {
+        let st = fd::fstat(opened.as_fd()).map_err(failed)?;
+        if !created && fd::is_type(&st, libc::S_IFLNK) {
             links += 1;
             if links > MAX_SYMLINKS {
                 return Err(format!(
                     "subPath {sub:?}: too many levels of symbolic links"
                 ));
             }
-            let target = fs::read_link(&next).map_err(|e| format!("subPath {sub:?}: {e}"))?;
+            let target = PathBuf::from(fd::read_link(opened.as_fd()).map_err(failed)?);
             if target.is_absolute() {
                 // Only an absolute link back into the volume itself is fine.
                 let inside = target
                     .strip_prefix(&real_base)
                     .or_else(|_| target.strip_prefix(base))
-                    .map_err(|_| outside(&next))?;
-                current = real_base.clone();
+                    .map_err(|_| outside(&part))?;
+                dirs.truncate(1);
                 pending.extend(components_of(inside).into_iter().rev());
             } else {
                 pending.extend(components_of(&target).into_iter().rev());
             }
-            last_link = Some(next);
             continue;
         }
-        if !meta.is_dir() && !pending.is_empty() {
+        if !fd::is_type(&st, libc::S_IFDIR) && !pending.is_empty() {
+            return Err(format!("subPath {sub:?}: {part:?} is not a directory"));
+        }
+        if dirs.len() > MAX_DEPTH {
             return Err(format!(
-                "subPath {sub:?}: {:?} is not a directory",
-                next.strip_prefix(&real_base).unwrap_or(&next)
+                "subPath {sub:?}: more than {MAX_DEPTH} directories deep"
             ));
         }
-        current = next;
+        dirs.push(opened);
     }
-    Ok(current)
+    Ok(dirs.pop().expect("the volume is never popped"))
+}
+
+/// `name` made in `dir` as a directory with exactly `perm`: created with
+/// `mkdirat`, opened without following a symlink (one swapped in since is
+/// refused), and `fchmod`ed through that descriptor.
+fn make_dir(dir: BorrowedFd<'_>, name: &CStr, perm: u32) -> io::Result<OwnedFd> {
+    fd::mkdir_at(dir, name, perm)?;
+    let made = fd::open_at(dir, name, fd::DIR_NOFOLLOW)?;
+    fd::fchmod(made.as_fd(), perm)?;
+    Ok(made)
 }
 
 /// The normal and `..` components of a path, as owned names.
@@ -197,11 +225,13 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::fs;
-    use std::os::unix::fs::symlink;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     #[test]
     fn sub_path_is_created_as_a_directory_with_the_volume_mode() {
         let tmp = tempfile::tempdir().unwrap();
+        let _unpin = Unpin(tmp.path().into());
         let list = mounts(
             "  - name: cache\n    emptyDir: {}\n",
             "    - {name: cache, mountPath: /logs, subPath: app/logs}\n",
@@ -213,7 +243,7 @@ mod tests {
         let expected = fs::canonicalize(tmp.path())
             .unwrap()
             .join("empty-dir/cache/app/logs");
-        assert_eq!(list[0].source().as_deref(), Some(expected.as_path()));
+        assert_pinned(&list[0], tmp.path(), 0, &expected);
         assert!(expected.is_dir());
         assert_eq!(mode(&expected), 0o777);
         assert_eq!(mode(expected.parent().unwrap()), 0o777);
@@ -228,6 +258,8 @@ mod tests {
         symlink("real", host.join("link")).unwrap();
         symlink(host.join("real"), host.join("absolute-link")).unwrap();
         let real = fs::canonicalize(host.join("real/app.conf")).unwrap();
+        let root = tmp.path().join("v");
+        let _unpin = Unpin(root.clone());
         for sub in [
             "real/app.conf",
             "link/app.conf",
@@ -237,12 +269,13 @@ mod tests {
             let list = mounts(
                 &host_path("h", &host, "Directory"),
                 &format!("    - {{name: h, mountPath: /etc/app.conf, subPath: \"{sub}\"}}\n"),
-                &tmp.path().join("v"),
+                &root,
                 false,
                 &[],
             )
             .unwrap();
-            assert_eq!(list[0].source().as_deref(), Some(real.as_path()), "{sub}");
+            assert_pinned(&list[0], &root, 0, &real);
+            assert!(list[0].source().as_ref().unwrap().is_file(), "{sub}");
         }
     }
 
@@ -308,9 +341,70 @@ mod tests {
         assert!(!secret.join("x").exists());
     }
 
+    /// A container swapping a directory of its volume for a symlink to a
+    /// host directory while the agent opens a subPath through it: the walk
+    /// may fail, but never creates, chmods or returns anything outside.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_never_leads_the_walk_outside() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let volume = tmp.path().join("volume");
+        let host = tmp.path().join("host");
+        fs::create_dir(&volume).unwrap();
+        fs::create_dir(&host).unwrap();
+        fs::set_permissions(&volume, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::set_permissions(&host, fs::Permissions::from_mode(0o700)).unwrap();
+        let real_volume = fs::canonicalize(&volume).unwrap();
+        let (stop, swaps) = (AtomicBool::new(false), AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let sub = volume.join("sub");
+                while !stop.load(Ordering::Relaxed) {
+                    let n = swaps.fetch_add(1, Ordering::Relaxed);
+                    let _ = fs::create_dir(&sub);
+                    std::thread::yield_now();
+                    // The directory (with what the walk made in it) moves
+                    // away inside the volume; a symlink takes its place.
+                    let _ = fs::rename(&sub, volume.join(format!("old-{n}")));
+                    let _ = symlink(&host, &sub);
+                    std::thread::yield_now();
+                    let _ = fs::remove_file(&sub);
+                }
+            });
+            // Checked here, asserted once the racing thread has stopped.
+            let outcome = (|| {
+                let mut walks = 0;
+                while walks < 2000 || swaps.load(Ordering::Relaxed) < 200 {
+                    walks += 1;
+                    if let Ok(opened) = open_sub_path(&volume, "sub/x/y") {
+                        let at = fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd()));
+                        let at = at.unwrap();
+                        if !at.starts_with(&real_volume) {
+                            return Err(format!("walk {walks} ended at {at:?}"));
+                        }
+                    }
+                    if fs::read_dir(&host).unwrap().count() != 0 {
+                        return Err(format!(
+                            "walk {walks} created something in the host directory"
+                        ));
+                    }
+                    if walks > 1_000_000 {
+                        return Err("the racing thread never ran".into());
+                    }
+                }
+                Ok(())
+            })();
+            stop.store(true, Ordering::Relaxed);
+            outcome
+        })
+        .unwrap();
+        assert_eq!(mode(&host), 0o700);
+    }
+
     #[test]
     fn sub_path_expr_is_expanded_with_the_container_env() {
         let tmp = tempfile::tempdir().unwrap();
+        let _unpin = Unpin(tmp.path().into());
         let volume = "  - name: cache\n    emptyDir: {}\n";
         let env = [("POD_NAME", "web-node1"), ("EMPTY", "")];
         let list = mounts(
@@ -324,7 +418,7 @@ mod tests {
         let expected = fs::canonicalize(tmp.path())
             .unwrap()
             .join("empty-dir/cache/web-node1/logs$x$y");
-        assert_eq!(list[0].source().as_deref(), Some(expected.as_path()));
+        assert_pinned(&list[0], tmp.path(), 0, &expected);
         assert!(expected.is_dir());
 
         for (expr, message) in [

@@ -8,6 +8,9 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+/// The container ID the tests pin subPaths for.
+pub(super) const TEST_ID: &str = "pk-test-c-app-1";
+
 /// A pod from manifest text: `volumes` is the YAML list under
 /// `spec.volumes` (indented by 2), `mounts` the one under the container's
 /// `volumeMounts` (indented by 4).
@@ -50,6 +53,7 @@ pub(super) fn mounts(
     container_mounts(
         &prepared,
         container(&p),
+        TEST_ID,
         "spec.containers",
         privileged,
         &env,
@@ -69,4 +73,40 @@ pub(super) fn some_block_device() -> Option<PathBuf> {
         let is_block = e.file_type().ok()?.is_block_device();
         is_block.then(|| e.path())
     })
+}
+
+/// Releases the subPaths the tests pinned under a volume root when
+/// dropped (declared after the tempdir, so it runs first).
+pub(super) struct Unpin(pub PathBuf);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let released = release_sub_paths(&self.0, TEST_ID);
+        // A second panic while a failed test unwinds would abort the run.
+        if !std::thread::panicking() {
+            released.unwrap();
+        }
+    }
+}
+
+/// Asserts that a mount's source is the pin of volumeMount `index` under
+/// `root` and shows the very file or directory at `expected`.
+pub(super) fn assert_pinned(mount: &Mount, root: &Path, index: usize, expected: &Path) {
+    let source = mount.source().clone().unwrap();
+    assert_eq!(
+        source,
+        root.join("volume-subpaths")
+            .join(TEST_ID)
+            .join(index.to_string())
+    );
+    let (a, b) = (
+        fs::metadata(&source).unwrap(),
+        fs::metadata(expected).unwrap(),
+    );
+    assert_eq!(
+        (a.dev(), a.ino()),
+        (b.dev(), b.ino()),
+        "{}",
+        expected.display()
+    );
 }

@@ -133,10 +133,14 @@ impl<R: PodRuntime> Worker<R> {
             .container_inputs(container, init, &id, sandbox)
             .map_err(|message| fail("CreateContainerConfigError", message))?;
         let oci = spec::container_spec(&self.pod, container, list, &image.config, sandbox, &inputs)
-            .map_err(|e| fail("CreateContainerConfigError", e.to_string()))?;
+            .map_err(|e| {
+                self.release_pins(&id);
+                fail("CreateContainerConfigError", e.to_string())
+            })?;
         let log_file = self
             .prepare_log_file(&container.name, restart_count)
             .map_err(|e| {
+                self.release_pins(&id);
                 fail(
                     "CreateContainerError",
                     format!("creating the log file: {e}"),
@@ -222,6 +226,7 @@ impl<R: PodRuntime> Worker<R> {
         let mounts = volumes::container_mounts(
             &environment.volumes,
             container,
+            id,
             list,
             privileged,
             &variables.into_iter().collect(),
@@ -234,6 +239,16 @@ impl<R: PodRuntime> Worker<R> {
             resources: Some(resources::to_oci(&limits)),
             oom_score_adj: Some(limits.oom_score_adj.max(environment.min_oom_score_adj)),
         })
+    }
+
+    /// Releases the subPaths pinned for a container that will not be
+    /// created; a created one's are released when it is removed.
+    fn release_pins(&self, id: &str) {
+        if let Some(environment) = &self.environment {
+            if let Err(e) = volumes::release_sub_paths(environment.volumes.root(), id) {
+                warn!(pod = %self.pod.name(), container = id, error = %e, "cannot release the pinned subPaths");
+            }
+        }
     }
 
     /// The image by the container's pull policy, with the kubelet's events.
