@@ -91,45 +91,7 @@ impl Drop for Node {
     /// the pod's rules; the agent's own drop then deletes the bridge and
     /// the guard chain.
     fn drop(&mut self) {
-        let agent = &mut self.agent;
-        if !agent.is_running() && agent.restart().is_err() {
-            eprintln!("cleanup: cannot restart the agent");
-            return;
-        }
-        let uids: Vec<String> = agent
-            .get("/pods")
-            .ok()
-            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-            .and_then(|list| {
-                let items = list["items"].as_array()?.iter();
-                Some(
-                    items
-                        .filter_map(|p| p["metadata"]["uid"].as_str().map(String::from))
-                        .collect(),
-                )
-            })
-            .unwrap_or_default();
-        for entry in std::fs::read_dir(&agent.manifests)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_file(entry.path());
-        }
-        let removed = |uid: &str| {
-            agent
-                .log()
-                .lines()
-                .any(|l| l.contains("pod removed") && l.contains(&format!("uid={uid}")))
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !uids.iter().all(|uid| removed(uid)) {
-            if Instant::now() > deadline {
-                eprintln!("cleanup: pods {uids:?} not all removed within 30 s");
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.agent.remove_all_pods(Duration::from_secs(30));
     }
 }
 

@@ -15,8 +15,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::agent::{start_with_busybox, waiting_reason, Agent, NODE};
-use common::containerd::{e2e_enabled, PrivateContainerd};
-use common::tasks::tasks;
+use common::containerd::e2e_enabled;
+use common::tasks::running_task_pid;
 use serde_json::Value;
 
 /// How far above its idle footprint the agent's peak may go.
@@ -176,17 +176,6 @@ fn file_warning(footprint: &Footprint, agent: &mut Agent, file: &str) -> Value {
     found.unwrap()
 }
 
-/// The PID of the one running task whose ID contains `part`.
-fn task_pid(containerd: &PrivateContainerd, agent: &Agent, part: &str) -> u32 {
-    let matching: Vec<u32> = tasks(containerd, &agent.namespace)
-        .into_iter()
-        .filter(|t| t.id.contains(part) && t.status == "RUNNING")
-        .map(|t| t.pid)
-        .collect();
-    assert_eq!(matching.len(), 1, "running tasks matching {part}");
-    matching[0]
-}
-
 #[test]
 fn alias_bombs_and_doubling_variables_are_refused_within_bounded_memory() {
     if !e2e_enabled("alias_bombs_and_doubling_variables_are_refused_within_bounded_memory") {
@@ -196,7 +185,7 @@ fn alias_bombs_and_doubling_variables_are_refused_within_bounded_memory() {
     agent.write_manifest("keep.yaml", &pod("keep", ""));
     let keep = format!("keep-{NODE}");
     agent.wait_running(&keep, 1, Duration::from_secs(60));
-    let keep_pid = task_pid(&containerd, &agent, "-c-app-");
+    let keep_pid = running_task_pid(&containerd, &agent.namespace, "-c-app-");
 
     let footprint = Footprint::of(&agent);
 
@@ -264,7 +253,10 @@ fn alias_bombs_and_doubling_variables_are_refused_within_bounded_memory() {
 
     // The good pod runs on in the same process, the agent is up, and its
     // peak stayed near its idle footprint.
-    assert_eq!(task_pid(&containerd, &agent, "-c-app-"), keep_pid);
+    assert_eq!(
+        running_task_pid(&containerd, &agent.namespace, "-c-app-"),
+        keep_pid
+    );
     footprint.check(&mut agent, "at the end");
     eprintln!(
         "agent memory: idle RSS {} kB, peak {} kB",

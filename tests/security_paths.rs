@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::agent::{start_with_busybox, Agent, NODE};
-use common::containerd::{e2e_enabled, PrivateContainerd};
-use common::tasks::tasks;
+use common::containerd::e2e_enabled;
+use common::tasks::{running_task_pid, tasks};
 use podkeeper::host::{remove_tree, SafePath};
 use serde_json::Value;
 
@@ -69,17 +69,6 @@ fn assert_untouched(dir: &Path, agent: &Agent) {
     );
 }
 
-/// The PID of the one task whose ID contains `part`.
-fn task_pid(containerd: &PrivateContainerd, agent: &Agent, part: &str) -> u32 {
-    let matching: Vec<u32> = tasks(containerd, &agent.namespace)
-        .into_iter()
-        .filter(|t| t.id.contains(part) && t.status == "RUNNING")
-        .map(|t| t.pid)
-        .collect();
-    assert_eq!(matching.len(), 1, "running tasks matching {part}");
-    matching[0]
-}
-
 #[test]
 fn a_uid_that_is_a_path_is_refused_and_deletes_nothing() {
     if !e2e_enabled("a_uid_that_is_a_path_is_refused_and_deletes_nothing") {
@@ -96,7 +85,7 @@ fn a_uid_that_is_a_path_is_refused_and_deletes_nothing() {
     let keep = format!("keep-{NODE}");
     agent.wait_running(&keep, 1, Duration::from_secs(60));
     assert_eq!(agent.pod(&keep).unwrap()["metadata"]["uid"], keep_uid);
-    let keep_pid = task_pid(&containerd, &agent, "-c-app-");
+    let keep_pid = running_task_pid(&containerd, &agent.namespace, "-c-app-");
 
     // One victim named by its absolute path; one reached by climbing from
     // `<state>/pods/<uid>` (the agent's directories sit side by side).
@@ -162,7 +151,10 @@ fn a_uid_that_is_a_path_is_refused_and_deletes_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     assert_untouched(&absolute, &agent);
     assert_untouched(&relative, &agent);
-    assert_eq!(task_pid(&containerd, &agent, "-c-app-"), keep_pid);
+    assert_eq!(
+        running_task_pid(&containerd, &agent.namespace, "-c-app-"),
+        keep_pid
+    );
     assert!(agent.is_running(), "the agent exited:\n{}", agent.log());
 }
 

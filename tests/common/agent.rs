@@ -352,6 +352,55 @@ impl Agent {
         )
     }
 
+    /// Removes every manifest and waits, bounded by `within` and never
+    /// panicking (it runs in `Drop`s), until the agent logged each pod's
+    /// removal, which comes after its teardown (containers, CNI DEL,
+    /// volumes, pod files, cgroup). Restarts a stopped agent first.
+    pub fn remove_all_pods(&mut self, within: Duration) {
+        if !self.is_running() {
+            if let Err(e) = self.restart() {
+                eprintln!("cleanup: cannot restart the agent: {e}");
+                return;
+            }
+        }
+        let uids: Vec<String> = self
+            .get("/pods")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|list| {
+                let items = list["items"].as_array()?.iter();
+                Some(
+                    items
+                        .filter_map(|p| p["metadata"]["uid"].as_str().map(String::from))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        for entry in std::fs::read_dir(&self.manifests)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let deadline = Instant::now() + within;
+        while !uids.iter().all(|uid| self.logged_removal(uid)) {
+            if Instant::now() > deadline {
+                eprintln!("cleanup: pods {uids:?} not all removed within {within:?}");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the agent logged that it removed pod `uid` (after its
+    /// teardown: containers, network, volumes, pod files and cgroup).
+    pub fn logged_removal(&self, uid: &str) -> bool {
+        self.log()
+            .lines()
+            .any(|l| l.contains("pod removed") && l.contains(&format!("uid={uid}")))
+    }
+
     /// The HTTP endpoint's `127.0.0.1:<port>`.
     pub fn http_address(&self) -> &str {
         &self.http

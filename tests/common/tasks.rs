@@ -31,6 +31,18 @@ pub fn tasks(containerd: &PrivateContainerd, namespace: &str) -> Vec<Task> {
     tasks
 }
 
+/// The PID of the one running task in `namespace` whose ID contains
+/// `part`, so a test can tell a task that kept running from one restarted.
+pub fn running_task_pid(containerd: &PrivateContainerd, namespace: &str, part: &str) -> u32 {
+    let matching: Vec<u32> = tasks(containerd, namespace)
+        .into_iter()
+        .filter(|t| t.id.contains(part) && t.status == "RUNNING")
+        .map(|t| t.pid)
+        .collect();
+    assert_eq!(matching.len(), 1, "running tasks matching {part}");
+    matching[0]
+}
+
 /// IDs of every container in `namespace`.
 pub fn container_ids(containerd: &PrivateContainerd, namespace: &str) -> Vec<String> {
     let out = containerd
