@@ -1,7 +1,7 @@
 //! End-to-end: a container cannot use another container's `subPath` to
 //! reach the host. A sidecar keeps swapping `<volume>/sub` between a
 //! directory and a symlink to a host directory while the pod's other
-//! containers start, each mounting subPaths below `sub`. The host
+//! containers start (for the first seconds of the pod's life), each mounting subPaths below `sub`. The host
 //! directory never gets a directory made or a mode changed by the agent,
 //! no container ever sees its content, and the pins the agent mounted are
 //! gone with the pod.
@@ -21,6 +21,11 @@ use common::containerd::e2e_enabled;
 
 /// Containers racing the swapper, each with two subPath mounts.
 const MOUNTERS: usize = 8;
+/// How long the swapper races the mounters. Bounded so that a mounter
+/// which keeps losing the race starts after its back-off once the swapping
+/// is over (a swapper that never stops makes the test a lottery against
+/// back-off delays that grow to minutes).
+const SWAP_SECONDS: u32 = 20;
 /// What the host directory holds; a container that shows it got the host.
 const HOST_MARKER: &str = "host-data-not-for-pods";
 
@@ -50,13 +55,16 @@ spec:
       cd /vol
       exec 2>/dev/null
       i=0
-      while true; do
+      end=$(( $(date +%s) + {SWAP_SECONDS} ))
+      while [ $(date +%s) -lt $end ]; do
         mkdir -p sub
         mv sub old-$i
         ln -s {host} sub
         rm -f sub
         i=$((i+1))
       done
+      mkdir -p sub
+      exec sleep 3600
     volumeMounts:
     - {{name: vol, mountPath: /vol}}
   containers:
@@ -118,7 +126,7 @@ fn a_symlink_swapped_in_during_sub_path_setup_never_reaches_the_host() {
     agent.write_manifest("race.yaml", &manifest(&host));
     let pod = format!("race-{NODE}");
     // Mounters whose subPath met the symlink fail to start and are retried;
-    // every one ends up running on the volume.
+    // every one ends up running on the volume once the swapping stops.
     agent.wait_running(&pod, MOUNTERS, Duration::from_secs(180));
 
     let entries: Vec<String> = fs::read_dir(&host)
