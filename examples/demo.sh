@@ -12,6 +12,7 @@ work=/var/lib/podkeeper-demo
 private_sock=/run/podkeeper-demo/containerd.sock
 system_sock=/run/containerd/containerd.sock
 namespace=podkeeper
+api=127.0.0.1:10250
 http=127.0.0.1:10255
 bin=$repo/target/release/podkeeper
 
@@ -30,6 +31,7 @@ start_agent() {
         --manifest-dir "$1" \
         --containerd-address "$(cat "$work/containerd.address")" \
         --containerd-namespace "$namespace" \
+        --api-listen "$api" \
         --http-listen "$http" \
         --state-dir "$work/state" \
         --pod-log-dir "$work/pods" \
@@ -138,7 +140,14 @@ podkeeper is running the pods in examples/manifests.
   $bin logs web -c writer --state-dir $work/state
   $bin events --state-dir $work/state
   $bin image ls --state-dir $work/state
-  curl -s http://$http/pods
+
+The API over HTTPS, with the kubeconfig and admin token the agent made at
+its first start (plain http://$http serves only health checks):
+
+  kubectl --kubeconfig $work/state/kubeconfig get pods -o wide
+  kubectl --kubeconfig $work/state/kubeconfig logs web -c writer
+  curl -s --cacert $work/state/pki/ca.crt -H "Authorization: Bearer \$(cat $work/state/pki/admin.token)" https://$api/api/v1/pods
+
   agent log: $work/agent.log
 
 Add, edit or remove files in examples/manifests and watch the pods follow.
