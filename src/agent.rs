@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::api::{self, ApiState};
+use crate::api::{self, kubeconfig, tls, ApiState};
 use crate::config::Settings;
 use crate::desired;
 use crate::host::private_files::{self, PRIVATE_DIR_MODE};
@@ -90,8 +90,26 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
     // First, before anything is created: whoever can write a manifest can
     // run privileged containers.
     permissions::check_dir(&settings.manifest_dir).context("refusing to start")?;
-    secure_dir(&settings.state_dir, PRIVATE_DIR_MODE)?;
+    let access_group = private_files::group_id(kubeconfig::ACCESS_GROUP);
+    secure_state_dir(&settings.state_dir, access_group)?;
     secure_dir(&settings.pod_log_dir, crate::logs::LOG_DIR_MODE)?;
+    let node_ip = settings.node_ip.clone().or_else(detect_node_ip);
+    // Before waiting for containerd: a bad token file or certificate is
+    // the operator's to fix, and should be said at once.
+    let https = match settings.api.api_listen {
+        Some(listen) => {
+            let node = tls::Node {
+                state_dir: &settings.state_dir,
+                name: &settings.node_name,
+                ip: node_ip.as_deref(),
+                access_group,
+            };
+            let https = tls::prepare(&settings.api, listen, &node)
+                .context("preparing the HTTPS API (api-listen)")?;
+            Some((listen, https))
+        }
+        None => None,
+    };
 
     let (recorder, event_log) = EventLog::start(
         settings.node_name.clone(),
@@ -123,9 +141,6 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
     let status = Arc::new(StatusStore::default());
     let (desired_writer, desired_reader) = desired::channel();
 
-    let http = tokio::net::TcpListener::bind(settings.http_listen)
-        .await
-        .with_context(|| format!("binding the HTTP endpoint on {}", settings.http_listen))?;
     let api_state = ApiState {
         desired: desired_reader.clone(),
         status: status.clone(),
@@ -136,7 +151,7 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
         containerd_reachable,
         http: Default::default(),
     };
-    tokio::spawn(api::http::serve(http, api_state.clone()));
+    serve_http(settings, https, &api_state).await?;
     let http_socket = settings.state_dir.join(HTTP_SOCKET);
     let http_state = api_state.clone();
     tokio::spawn(async move {
@@ -186,7 +201,7 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
     let node_settings = NodeSettings {
         state_dir: settings.state_dir.clone(),
         cgroup_root: settings.cgroup_root.clone(),
-        host_ip: settings.node_ip.clone().or_else(detect_node_ip),
+        host_ip: node_ip,
         logs: LogSettings {
             max_size: settings.container_log_max_size,
             max_files: settings.container_log_max_files,
@@ -204,7 +219,12 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
     });
     tokio::spawn(Workers::new(context).run(desired_reader.clone(), runtime_events_rx));
     tokio::spawn(crate::memory::trim_periodically());
-    info!(http = %settings.http_listen, api = %settings.api_socket().display(), "podkeeper running");
+    info!(
+        https = %listening(settings.api.api_listen),
+        http = %listening(settings.api.http_listen),
+        api = %settings.api_socket().display(),
+        "podkeeper running"
+    );
     Ok(desired_reader)
 }
 
@@ -334,6 +354,65 @@ fn secure_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
         warn!(dir = %path.display(), "tightened the mode of {} from {old:04o} to {:04o}: other users could read what podkeeper keeps there", path.display(), old & mode);
     }
     Ok(())
+}
+
+/// The state directory: root's alone (0700), or passable (0710) by the
+/// group given access to the kubeconfig, so its members reach that one
+/// file by name and nothing else.
+fn secure_state_dir(path: &std::path::Path, group: Option<u32>) -> anyhow::Result<()> {
+    match group {
+        None => secure_dir(path, PRIVATE_DIR_MODE),
+        Some(gid) => {
+            secure_dir(path, PRIVATE_DIR_MODE | 0o010)?;
+            private_files::open_dir_to_group(path, gid).with_context(|| {
+                format!(
+                    "giving group {} access to {}",
+                    kubeconfig::ACCESS_GROUP,
+                    path.display()
+                )
+            })
+        }
+    }
+}
+
+/// Binds the TCP listeners and serves the HTTP API on them: HTTPS to
+/// authenticated callers, plain HTTP with health checks only.
+async fn serve_http(
+    settings: &Settings,
+    https: Option<(std::net::SocketAddr, tls::Https)>,
+    state: &ApiState,
+) -> anyhow::Result<()> {
+    let bind = |key: &'static str, address| async move {
+        tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {key} {address}"))
+    };
+    let api_hint = match &https {
+        Some((listen, _)) => format!(
+            "this port serves only /healthz, /livez and /readyz without credentials; the API is at {} (kubectl --kubeconfig {})",
+            kubeconfig::server_url(*listen),
+            kubeconfig::path(&settings.state_dir).display()
+        ),
+        None => "this port serves only /healthz, /livez and /readyz without credentials; the API is on the root-only socket podkeeper-http.sock in the state directory".to_string(),
+    };
+    if let Some((listen, https)) = https {
+        let listener = bind("api-listen", listen).await?;
+        tokio::spawn(api::http::serve_tls(listener, state.clone(), https));
+    }
+    if let Some(listen) = settings.api.http_listen {
+        let listener = bind("http-listen", listen).await?;
+        let access = api::http::Access::Public {
+            metrics: settings.api.metrics_unauthenticated,
+            hint: api_hint.into(),
+        };
+        tokio::spawn(api::http::serve(listener, state.clone(), access));
+    }
+    Ok(())
+}
+
+/// A listener's address for the log, or that it is off.
+fn listening(address: Option<std::net::SocketAddr>) -> String {
+    address.map_or_else(|| "off".to_string(), |a| a.to_string())
 }
 
 /// Creates a directory (and its parents) with `mode` if it is missing; an

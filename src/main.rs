@@ -54,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::images::ImageCommand,
     },
+    /// Print the kubeconfig of the agent's HTTPS API (admin token and CA),
+    /// which root and members of group podkeeper may read
+    Kubeconfig {
+        /// The agent's state directory, which holds the kubeconfig
+        #[arg(long, default_value = "/var/lib/podkeeper")]
+        state_dir: std::path::PathBuf,
+    },
     /// Print a container's log
     Logs {
         #[command(flatten)]
@@ -142,6 +149,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run(flags) => podkeeper::agent::run(Settings::load(&flags)?).await,
         Command::Version => {
             println!("podkeeper {}", podkeeper::VERSION);
+            Ok(())
+        }
+        Command::Kubeconfig { state_dir } => {
+            let path = podkeeper::api::kubeconfig::path(&state_dir);
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "reading {} (written by the agent at its first start with api-listen on; readable by root and group podkeeper)",
+                    path.display()
+                )
+            })?;
+            print!("{text}");
             Ok(())
         }
         Command::Get { client, what } => cli::get(&client, &what).await,

@@ -1,12 +1,13 @@
-//! Stock kubectl against the agent's HTTP API, with no API server:
-//! `kubectl --server http://127.0.0.1:<port> get/describe/logs`. Also the
+//! Stock kubectl against the agent's HTTPS API, with no API server:
+//! `kubectl --kubeconfig <state-dir>/kubeconfig get/describe/logs`, with
+//! TLS verified against the agent's CA and its admin token. Also the
 //! API's robustness: thousands of malformed requests, then it still
 //! answers. Needs root (a private containerd) and kubectl in PATH.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 use common::agent::{start_with_busybox, Agent, BUSYBOX, NODE};
 use common::containerd::e2e_enabled;
 
-/// Runs kubectl against `agent` with a private, empty kubeconfig and cache.
+/// Runs kubectl against `agent` with the kubeconfig the agent wrote and a
+/// private home and cache.
 fn kubectl(agent: &Agent, args: &[&str]) -> (bool, String, String) {
     let output = kubectl_command(agent, args)
         .output()
@@ -30,14 +32,10 @@ fn kubectl(agent: &Agent, args: &[&str]) -> (bool, String, String) {
 fn kubectl_command(agent: &Agent, args: &[&str]) -> Command {
     let home = agent.state.join("kubectl-home");
     std::fs::create_dir_all(&home).expect("kubectl home");
-    let config = home.join("config");
-    std::fs::write(&config, "").expect("empty kubeconfig");
     let mut command = Command::new("kubectl");
     command
-        .env("KUBECONFIG", &config)
+        .env("KUBECONFIG", agent.kubeconfig())
         .env("HOME", &home)
-        .arg("--server")
-        .arg(format!("http://{}", agent.http_address()))
         .arg("--cache-dir")
         .arg(home.join("cache"))
         .args(args);
@@ -318,8 +316,8 @@ fn kubectl_gets_describes_and_reads_logs() {
 
 /// Sends `request` on a fresh connection, half-closes it and returns the
 /// status code of the answer, if any.
-fn send_raw(address: &str, request: &[u8]) -> Option<u16> {
-    let mut stream = TcpStream::connect(address).expect("connect");
+fn send_raw(socket: &std::path::Path, request: &[u8]) -> Option<u16> {
+    let mut stream = UnixStream::connect(socket).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
@@ -395,16 +393,17 @@ fn ten_thousand_malformed_requests_leave_the_api_answering() {
         return;
     }
     let (_containerd, mut agent) = start_with_busybox("e2e-malformed");
-    let address = agent.http_address().to_string();
+    // The root-only socket: every request reaches the router.
+    let socket = agent.http_socket();
     let started = Instant::now();
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
-            let address = address.clone();
+            let socket = socket.clone();
             std::thread::spawn(move || {
                 let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D ^ (t + 1));
                 let mut codes = std::collections::BTreeMap::new();
                 for _ in 0..1250 {
-                    let code = send_raw(&address, &malformed_request(&mut rng));
+                    let code = send_raw(&socket, &malformed_request(&mut rng));
                     *codes.entry(code).or_insert(0u32) += 1;
                 }
                 codes

@@ -5,10 +5,14 @@
 //! the image calls of the gRPC service act, through the image service.
 //! Nothing here changes pods: the manifest directory does.
 
+pub mod auth;
 pub mod describe;
 pub mod grpc;
 pub mod http;
+pub mod kubeconfig;
+pub mod pki;
 pub mod pods;
+pub mod tls;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

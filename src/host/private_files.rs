@@ -101,6 +101,13 @@ pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
 /// never half of one: written to `<path>.tmp` created 0600 with `O_EXCL`
 /// (a leftover from a crash is removed first), flushed, renamed over.
 pub fn write_private(path: &Path, content: &[u8]) -> io::Result<()> {
+    write_file(path, content, PRIVATE_FILE_MODE, None)
+}
+
+/// [`write_private`] for a file with `mode` and, when given, owned by
+/// group `group`: both are set on the temporary file through its
+/// descriptor before the rename, so the file never appears with others.
+pub fn write_file(path: &Path, content: &[u8], mode: u32, group: Option<u32>) -> io::Result<()> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
@@ -119,14 +126,134 @@ pub fn write_private(path: &Path, content: &[u8]) -> io::Result<()> {
         }
         other => other?,
     };
-    let written = file
-        .write_all(content)
+    let written = set_group_and_mode(&file, group, mode)
+        .and_then(|()| file.write_all(content))
         .and_then(|()| file.sync_all())
         .and_then(|()| fs::rename(&temporary, path));
     if written.is_err() {
         let _ = fs::remove_file(&temporary);
     }
     written
+}
+
+/// Gives the open `file` to `group` (when given) and then sets `mode`
+/// exactly: `fchown` clears set-id bits, so the mode comes last.
+fn set_group_and_mode(file: &File, group: Option<u32>, mode: u32) -> io::Result<()> {
+    if let Some(gid) = group {
+        // SAFETY: a valid descriptor; uid -1 leaves the owner unchanged.
+        if unsafe { libc::fchown(file.as_raw_fd(), u32::MAX, gid) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: a valid descriptor; fchmod has no other preconditions.
+    if unsafe { libc::fchmod(file.as_raw_fd(), mode) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Lets members of `group` pass through the directory `path` (owner's
+/// bits kept, group execute only, nothing for others): they reach the one
+/// file inside that is theirs by name, and cannot list or read the rest.
+pub fn open_dir_to_group(path: &Path, group: u32) -> io::Result<()> {
+    let dir = File::open(path).map_err(|e| with_path(e, path))?;
+    let owner = dir.metadata()?.mode() & 0o700;
+    set_group_and_mode(&dir, Some(group), owner | 0o010)
+}
+
+/// The id of the group named `name`, if the host has one.
+pub fn group_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut group = std::mem::MaybeUninit::<libc::group>::uninit();
+    let mut buffer = vec![0 as libc::c_char; 16 << 10];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and the buffer's length
+    // is passed; the result is only read when `found` is set.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            group.as_mut_ptr(),
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: getgrnam_r filled `group` (found points at it).
+    Some(unsafe { group.assume_init() }.gr_gid)
+}
+
+/// Why an operator's file (token file, keys, client CA) is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustedFileError {
+    #[error("{path}: {source}", path = .path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is owned by uid {owner}, not by uid {me} that podkeeper runs as; another user \
+         could change it (fix with: chown {me} {path})",
+        path = .path.display()
+    )]
+    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "{path} has mode {mode:04o}: {why} (fix with: chmod {fix:04o} {path})",
+        path = .path.display()
+    )]
+    Loose {
+        path: PathBuf,
+        mode: u32,
+        why: &'static str,
+        fix: u32,
+    },
+    #[error("{path} is larger than {max} bytes", path = .path.display())]
+    TooLarge { path: PathBuf, max: u64 },
+}
+
+/// Reads an operator's file that decides who gets in (credentials, a CA):
+/// it must be owned by the user podkeeper runs as and grant none of the
+/// `forbidden` mode bits, checked on the descriptor that is then read. A
+/// symlink is followed (such files are often links into a certificate
+/// store); what it points at is what is checked.
+pub fn read_trusted(
+    path: &Path,
+    forbidden: u32,
+    why: &'static str,
+    max: u64,
+) -> Result<Vec<u8>, TrustedFileError> {
+    use std::io::Read;
+    let io = |source| TrustedFileError::Io {
+        path: path.into(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    let me = effective_uid();
+    if meta.uid() != me {
+        return Err(TrustedFileError::ForeignOwner {
+            path: path.into(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & forbidden != 0 {
+        return Err(TrustedFileError::Loose {
+            path: path.into(),
+            mode,
+            why,
+            fix: mode & !forbidden,
+        });
+    }
+    if meta.len() > max {
+        return Err(TrustedFileError::TooLarge {
+            path: path.into(),
+            max,
+        });
+    }
+    let mut content = Vec::new();
+    file.take(max).read_to_end(&mut content).map_err(io)?;
+    Ok(content)
 }
 
 /// Takes away every permission bit of the open `file` that `mode` does not

@@ -130,7 +130,11 @@ async fn start_server(dir: &std::path::Path) -> anyhow::Result<std::net::SocketA
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    tokio::spawn(podkeeper::api::http::serve(listener, state));
+    tokio::spawn(podkeeper::api::http::serve(
+        listener,
+        state,
+        podkeeper::api::http::Access::Root,
+    ));
     // Let the recorder's events land.
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(address)

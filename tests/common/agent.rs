@@ -1,8 +1,10 @@
 //! Runs the real `podkeeper` binary against a private containerd, with its
-//! own manifest, state and log directories, and talks to its HTTP endpoint.
+//! own manifest, state and log directories, and talks to its HTTP API on
+//! the root-only unix socket.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +31,45 @@ spec:
     image: podkeeper.local/busybox:latest
     command: [sh, -c, 'echo starting; exit 1']
 "#;
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Sends one `GET path` with `headers` on `stream` and reads the whole
+/// answer: (status code, body).
+pub fn request(
+    mut stream: impl Read + Write,
+    path: &str,
+    headers: &[&str],
+) -> anyhow::Result<(u16, String)> {
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for header in headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    let mut response = Vec::new();
+    // A TLS peer may close without close_notify; what arrived counts.
+    if let Err(e) = stream.read_to_end(&mut response) {
+        if response.is_empty() {
+            return Err(e.into());
+        }
+    }
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status code")?;
+    Ok((code, body.to_string()))
+}
 
 /// A private containerd with busybox imported into `namespace`, and an
 /// agent on it.
@@ -68,6 +109,7 @@ pub struct Agent {
     pub subnet: String,
     socket: PathBuf,
     http: String,
+    api: String,
     log_file: PathBuf,
 }
 
@@ -90,9 +132,8 @@ impl Agent {
         let images = base.join("images");
         std::fs::create_dir_all(&manifests)?;
         std::fs::create_dir_all(&images)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
+        let api_port = free_port()?;
         let cni_conf_dir = base.join("cni");
         std::fs::create_dir_all(&cni_conf_dir)?;
         let n = AGENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -130,6 +171,7 @@ impl Agent {
             namespace: namespace.into(),
             socket: containerd.socket().to_path_buf(),
             http: format!("127.0.0.1:{port}"),
+            api: format!("127.0.0.1:{api_port}"),
             log_file: base.join("agent.log"),
         };
         prepare(&agent);
@@ -187,6 +229,7 @@ impl Agent {
             .arg(&self.socket)
             .args(["--containerd-namespace", &self.namespace])
             .args(["--http-listen", &self.http])
+            .args(["--api-listen", &self.api])
             .arg("--state-dir")
             .arg(&self.state)
             .arg("--pod-log-dir")
@@ -251,26 +294,29 @@ impl Agent {
         self.child.id()
     }
 
-    /// GET `path` on the agent's HTTP endpoint: (status code, body).
+    /// GET `path` on the agent's root-only HTTP socket, which serves the
+    /// whole API without credentials: (status code, body).
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(&self.http)?;
+        let stream = UnixStream::connect(self.http_socket())?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.http
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("malformed HTTP response")?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("no status code")?;
-        Ok((code, body.to_string()))
+        request(stream, path, &[])
+    }
+
+    /// GET `path` on the plain HTTP port (`http-listen`), with `headers`.
+    pub fn get_plain(&self, path: &str, headers: &[&str]) -> anyhow::Result<(u16, String)> {
+        let stream = TcpStream::connect(&self.http)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        request(stream, path, headers)
+    }
+
+    /// The root-only unix socket of the HTTP API.
+    pub fn http_socket(&self) -> PathBuf {
+        self.state.join("podkeeper-http.sock")
+    }
+
+    /// The kubeconfig the agent wrote for its HTTPS API.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state.join("kubeconfig")
     }
 
     /// The `/pods` PodList.
@@ -401,9 +447,14 @@ impl Agent {
             .any(|l| l.contains("pod removed") && l.contains(&format!("uid={uid}")))
     }
 
-    /// The HTTP endpoint's `127.0.0.1:<port>`.
+    /// The plain HTTP port's `127.0.0.1:<port>`.
     pub fn http_address(&self) -> &str {
         &self.http
+    }
+
+    /// The HTTPS API's `127.0.0.1:<port>`.
+    pub fn api_address(&self) -> &str {
+        &self.api
     }
 }
 

@@ -1,18 +1,22 @@
-//! The read-only HTTP API (hyper), on TCP (`http-listen`) and on a unix
-//! socket in the state directory: the kubelet read-only port's `/pods`,
+//! The read-only HTTP API (hyper): the kubelet read-only port's `/pods`,
 //! `/healthz`, `/readyz`, `/metrics`, and enough of the Kubernetes API
-//! (discovery, pods, pod logs, events, watches) that stock `kubectl
-//! --server` works against the agent.
+//! (discovery, pods, pod logs, events, watches) that stock kubectl works
+//! against the agent. Served on three listeners that differ only in whom
+//! they let in ([`Access`]): HTTPS on `api-listen` to authenticated
+//! callers, a root-only unix socket in the state directory to root, and
+//! plain HTTP on `http-listen` with health checks only.
 //!
-//! Layout: [`route`] and [`selector`] turn a request into a route, purely;
-//! [`handlers`] and [`watch`] answer it; [`discovery`], [`table`] and
-//! [`metrics`] render documents.
+//! Layout: [`access`] decides whether a caller may send a request;
+//! [`route`] and [`selector`] turn it into a route, purely; [`handlers`]
+//! and [`watch`] answer it; [`discovery`], [`table`] and [`metrics`]
+//! render documents.
 //!
 //! Robustness: request heads are bounded in size, header count and time;
 //! bodies are never read (every method that would carry one is refused);
 //! connections per listener are bounded; streams write into bounded
 //! channels, so a slow client only holds up its own task.
 
+mod access;
 mod cache;
 mod discovery;
 mod handlers;
@@ -37,7 +41,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::auth;
+use super::tls::Https;
 use super::ApiState;
+pub use access::Access;
 use response::Body;
 use route::RouteError;
 
@@ -56,6 +63,9 @@ const MAX_HEAD: usize = 8192;
 /// on a kept-alive connection.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time a client has for the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the HTTP API keeps between requests, shared by its listeners.
 #[derive(Default)]
 pub struct Shared {
@@ -63,8 +73,9 @@ pub struct Shared {
     pods: cache::PodCache,
 }
 
-/// Serves HTTP on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, state: ApiState) {
+/// Serves plain HTTP on `listener` to callers `access` admits, until the
+/// task is dropped.
+pub async fn serve(listener: TcpListener, state: ApiState, access: Access) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -72,10 +83,54 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
         };
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, state.clone(), permit));
+                tokio::spawn(connection(stream, state.clone(), permit, access.clone()));
             }
             Err(e) => tracing::warn!(error = %e, "accepting an HTTP connection failed"),
         }
+    }
+}
+
+/// Serves HTTPS on `listener` to authenticated callers, until the task is
+/// dropped. A client certificate is checked during the handshake; the
+/// user it names holds for every request of the connection.
+pub async fn serve_tls(listener: TcpListener, state: ApiState, https: Https) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an HTTPS connection failed");
+                continue;
+            }
+        };
+        let acceptor = https.acceptor.clone();
+        let tokens = https.tokens.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| auth::user_from_certificate(cert))
+                .map(Arc::new);
+            let access = Access::Authenticated {
+                tokens,
+                certificate,
+            };
+            connection(tls, state, permit, access).await;
+        });
     }
 }
 
@@ -96,7 +151,7 @@ pub async fn serve_unix(path: &Path, state: ApiState) -> std::io::Result<()> {
         };
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, state.clone(), permit));
+                tokio::spawn(connection(stream, state.clone(), permit, Access::Root));
             }
             Err(e) => tracing::warn!(error = %e, "accepting an HTTP connection failed"),
         }
@@ -107,10 +162,12 @@ async fn connection(
     io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     state: ApiState,
     permit: OwnedSemaphorePermit,
+    access: Access,
 ) {
     let service = service_fn(move |request| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(dispatch(&request, &state).await) }
+        let access = access.clone();
+        async move { Ok::<_, Infallible>(dispatch(&request, &state, &access).await) }
     });
     let _ = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -122,10 +179,17 @@ async fn connection(
     drop(permit);
 }
 
-/// Routes and answers one request, and records it in the metrics.
-async fn dispatch(request: &Request<Incoming>, state: &ApiState) -> Response<Body> {
+/// Admits, routes and answers one request, and records it in the metrics.
+async fn dispatch(
+    request: &Request<Incoming>,
+    state: &ApiState,
+    access: &Access,
+) -> Response<Body> {
     let started = Instant::now();
-    let (label, response) = if request.method() != Method::GET && request.method() != Method::HEAD {
+    let admitted = access.admit(request.method(), request.uri().path(), request.headers());
+    let (label, response) = if let Err(refusal) = admitted {
+        (refusal.label(), refusal.response())
+    } else if request.method() != Method::GET && request.method() != Method::HEAD {
         ("write", response::route_error(&RouteError::ReadOnly))
     } else {
         match route::route(request.uri().path(), request.uri().query()) {

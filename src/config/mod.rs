@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 use crate::status::events::Retention;
 
+mod api;
+
+pub use api::ApiSettings;
+
 /// Where the config file is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/podkeeper/config.yaml";
 
@@ -31,9 +35,27 @@ pub struct RunFlags {
     /// containerd namespace that holds everything podkeeper creates [default: podkeeper]
     #[arg(long)]
     pub containerd_namespace: Option<String>,
-    /// Address of the read-only HTTP endpoint [default: 127.0.0.1:10255]
+    /// Address of the authenticated HTTPS API; empty turns it off [default: 127.0.0.1:10250]
+    #[arg(long)]
+    pub api_listen: Option<String>,
+    /// Address of the plain HTTP port: health checks only, no credentials; empty turns it off [default: 127.0.0.1:10255]
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// PEM certificate (chain) the HTTPS API serves [default: one issued from podkeeper's own CA]
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of tls-cert-file
+    #[arg(long)]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// PEM CA bundle: client certificates it signed authenticate as their CN, with their O values as groups
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Bearer tokens as kube-apiserver's --token-auth-file: CSV lines token,user,uid,"group1,group2"
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
+    /// Also serve /metrics without credentials on http-listen [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_unauthenticated: Option<bool>,
     /// Agent state: API socket and records [default: /var/lib/podkeeper]
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -100,7 +122,13 @@ struct FileSettings {
     manifest_dir: Option<PathBuf>,
     containerd_address: Option<PathBuf>,
     containerd_namespace: Option<String>,
+    api_listen: Option<String>,
     http_listen: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_private_key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    token_auth_file: Option<PathBuf>,
+    metrics_unauthenticated: Option<bool>,
     state_dir: Option<PathBuf>,
     pod_log_dir: Option<PathBuf>,
     images_dir: Option<PathBuf>,
@@ -128,7 +156,8 @@ pub struct Settings {
     pub manifest_dir: PathBuf,
     pub containerd_address: PathBuf,
     pub containerd_namespace: String,
-    pub http_listen: std::net::SocketAddr,
+    /// The HTTP listeners and who may use them.
+    pub api: ApiSettings,
     pub state_dir: PathBuf,
     pub pod_log_dir: PathBuf,
     pub images_dir: PathBuf,
@@ -183,6 +212,7 @@ impl Settings {
 
     fn merge(flags: RunFlags, file: FileSettings) -> Result<Settings, ConfigError> {
         let event_retention = event_retention(&flags, &file)?;
+        let api = api::settings(&flags, &file)?;
         let namespace = flags
             .containerd_namespace
             .or(file.containerd_namespace)
@@ -195,14 +225,6 @@ impl Settings {
                 ),
             });
         }
-        let http = flags
-            .http_listen
-            .or(file.http_listen)
-            .unwrap_or_else(|| "127.0.0.1:10255".into());
-        let http_listen = http.parse().map_err(|e| ConfigError::Invalid {
-            key: "http-listen",
-            reason: format!("{http:?} is not an address:port ({e})"),
-        })?;
         let node_name = match flags.node_name.or(file.node_name) {
             Some(name) => name.to_lowercase(),
             None => host_name().map_err(|reason| ConfigError::Invalid {
@@ -241,7 +263,7 @@ impl Settings {
                 "/run/containerd/containerd.sock",
             ),
             containerd_namespace: namespace,
-            http_listen,
+            api,
             state_dir: pick(flags.state_dir, file.state_dir, "/var/lib/podkeeper"),
             pod_log_dir: pick(flags.pod_log_dir, file.pod_log_dir, "/var/log/pods"),
             images_dir: pick(
@@ -373,139 +395,4 @@ fn host_name() -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(yaml: &str) -> FileSettings {
-        serde_yaml::from_str(yaml).unwrap()
-    }
-
-    #[test]
-    fn defaults_apply_when_nothing_is_given() {
-        let s = Settings::merge(
-            RunFlags {
-                node_name: Some("Node1".into()),
-                ..Default::default()
-            },
-            FileSettings::default(),
-        )
-        .unwrap();
-        assert_eq!(s.manifest_dir, PathBuf::from("/etc/podkeeper/manifests"));
-        assert_eq!(
-            s.containerd_address,
-            PathBuf::from("/run/containerd/containerd.sock")
-        );
-        assert_eq!(s.containerd_namespace, "podkeeper");
-        assert_eq!(s.http_listen.to_string(), "127.0.0.1:10255");
-        assert_eq!(s.state_dir, PathBuf::from("/var/lib/podkeeper"));
-        assert_eq!(s.pod_log_dir, PathBuf::from("/var/log/pods"));
-        assert_eq!(s.images_dir, PathBuf::from("/var/lib/podkeeper/images"));
-        assert_eq!(s.node_name, "node1");
-        assert_eq!(s.sandbox_image, None);
-        assert_eq!(s.manifest_resync.as_secs(), 20);
-    }
-
-    #[test]
-    fn flags_win_over_the_file_and_the_file_over_defaults() {
-        let f = file("manifest-dir: /srv/pods\nstate-dir: /srv/state\nnode-name: fromfile\n");
-        let flags = RunFlags {
-            manifest_dir: Some("/flag/pods".into()),
-            ..Default::default()
-        };
-        let s = Settings::merge(flags, f).unwrap();
-        assert_eq!(s.manifest_dir, PathBuf::from("/flag/pods"));
-        assert_eq!(s.state_dir, PathBuf::from("/srv/state"));
-        assert_eq!(s.node_name, "fromfile");
-    }
-
-    #[test]
-    fn the_shipped_config_file_documents_every_key_with_its_default() {
-        let shipped = include_str!("../packaging/config.yaml");
-        let uncommented: String = shipped
-            .lines()
-            .filter_map(|l| l.strip_prefix('#'))
-            .filter(|l| {
-                l.split(':').next().is_some_and(|k| {
-                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
-                })
-            })
-            .map(|l| {
-                if l.trim_end().ends_with(':') {
-                    format!("{l} null\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        let from_file = Settings::merge(
-            RunFlags {
-                node_name: Some("n".into()),
-                ..Default::default()
-            },
-            file(&uncommented),
-        )
-        .unwrap();
-        let defaults = Settings::merge(
-            RunFlags {
-                node_name: Some("n".into()),
-                ..Default::default()
-            },
-            FileSettings::default(),
-        )
-        .unwrap();
-        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
-        let keys = uncommented.lines().count();
-        assert_eq!(keys, 23, "every setting appears in packaging/config.yaml");
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected() {
-        let err = serde_yaml::from_str::<FileSettings>("manifest_dirr: /x\n").unwrap_err();
-        assert!(err.to_string().contains("unknown field"), "{err}");
-    }
-
-    #[test]
-    fn shared_namespaces_are_refused() {
-        for ns in ["k8s.io", "default"] {
-            let flags = RunFlags {
-                containerd_namespace: Some(ns.into()),
-                node_name: Some("n".into()),
-                ..Default::default()
-            };
-            let err = Settings::merge(flags, FileSettings::default()).unwrap_err();
-            assert!(err.to_string().starts_with("containerd-namespace"), "{err}");
-        }
-    }
-
-    #[test]
-    fn event_limits_come_from_flags_or_the_file_and_must_not_be_zero() {
-        let f = file("event-ttl-seconds: 600\nevent-max-per-pod: 7\n");
-        let flags = RunFlags {
-            node_name: Some("n".into()),
-            event_max_total: Some(50),
-            ..Default::default()
-        };
-        let s = Settings::merge(flags.clone(), f).unwrap();
-        assert_eq!(
-            s.event_retention,
-            Retention {
-                ttl: std::time::Duration::from_secs(600),
-                max_per_object: 7,
-                max_total: 50,
-            }
-        );
-        let err = Settings::merge(flags, file("event-max-per-pod: 0\n")).unwrap_err();
-        assert!(err.to_string().starts_with("event-max-per-pod"), "{err}");
-    }
-
-    #[test]
-    fn bad_listen_address_names_the_key() {
-        let flags = RunFlags {
-            http_listen: Some("localhost".into()),
-            node_name: Some("n".into()),
-            ..Default::default()
-        };
-        let err = Settings::merge(flags, FileSettings::default()).unwrap_err();
-        assert!(err.to_string().starts_with("http-listen"), "{err}");
-    }
-}
+mod tests;
