@@ -354,8 +354,6 @@ check_first_start_files() {
     check_file "$state/pki/ca.crt" "644 root:root"
     check_file "$state/pki/ca.key" "600 root:root"
     check_file "$state/pki/admin.token" "600 root:root"
-    check_file "$state/pki/serving.crt" "644 root:root"
-    check_file "$state/pki/serving.key" "600 root:root"
     check_file "$state/kubeconfig" "640 root:podkeeper"
 }
 
@@ -398,7 +396,7 @@ log_file=$(find "$tmp/logs" -type f -name '*.log' -print -quit)
 printf 'control\n' >"$tmp/readable"
 chmod 0644 "$tmp/readable"
 as_test_user cat "$tmp/readable" >/dev/null || fail "$test_user cannot read $tmp/readable"
-secrets=("$state/pki/ca.key" "$state/pki/admin.token" "$state/pki/serving.key")
+secrets=("$state/pki/ca.key" "$state/pki/admin.token")
 for f in "$state/kubeconfig" "$state/pki/ca.crt" "${secrets[@]}" "$log_file"; do
     as_test_user cat "$f" >/dev/null 2>&1 && fail "$test_user can read $f"
 done
