@@ -80,7 +80,7 @@ lintian --fail-on error --tag-display-limit 0 "$deb" || fail "lintian reports er
 step "checking the .deb's control fields"
 depends=$(dpkg-deb -f "$deb" Depends)
 echo "Depends: $depends"
-[[ $depends == *"containerd (>= 1.6) | containerd.io"* && $depends == *runc* ]] || fail "Depends: $depends"
+[[ $depends == *"containerd (>= 1.6) | containerd.io"* && $depends == *runc* && $depends == *passwd* ]] || fail "Depends: $depends"
 [[ $(dpkg-deb -f "$deb" Recommends) == containernetworking-plugins ]] || fail "Recommends"
 
 expected_files=(
@@ -105,6 +105,7 @@ requires=$(rpm -qp --requires "$rpm_file")
 echo "$requires"
 grep -qx '(containerd >= 1.6 or containerd.io)' <<<"$requires" || fail "rpm Requires: containerd"
 grep -qx 'runc' <<<"$requires" || fail "rpm Requires: runc"
+grep -qx 'shadow-utils' <<<"$requires" || fail "rpm Requires: shadow-utils (groupadd)"
 rpm -qp --recommends "$rpm_file" | grep -qx containernetworking-plugins || fail "rpm Recommends"
 scripts=$(rpm -qp --scripts "$rpm_file")
 echo "$scripts"
