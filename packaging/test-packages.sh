@@ -166,6 +166,10 @@ cleanup() {
     # Pod cgroups of this test, deepest first (rmdir only removes empty ones).
     find /sys/fs/cgroup -depth -type d -path '*/podkeeper-pkgtest*' -exec rmdir {} + 2>/dev/null
     rm -rf "/run/containerd/runc/$namespace"
+    # Pod mounts (shm, volumes) left by a failure, so that purge can delete.
+    grep -o -e " ${tmp}[^ ]*" -e " ${state}/[^ ]*" /proc/self/mountinfo | sort -r | while read -r mount; do
+        umount -l "$mount"
+    done
     # Installed, or removed with its configuration left.
     if [[ $(dpkg-query -W -f='${db:Status-Status}' podkeeper 2>/dev/null) =~ ^(installed|config-files|half-) ]]; then
         dpkg -P podkeeper >/dev/null
@@ -176,18 +180,15 @@ cleanup() {
     $made_group && getent group podkeeper >/dev/null && groupdel podkeeper
     rm -f /etc/podkeeper/manifests/keep-me.yaml
     rmdir /etc/podkeeper/manifests /etc/podkeeper 2>/dev/null
-    grep -o " ${tmp}[^ ]*" /proc/self/mountinfo | sort -r | while read -r mount; do
-        umount -l "$mount"
-    done
-    rm -rf "$tmp"
     if ((status == 0)); then
         echo "=== packages: all checks passed in $((SECONDS - started))s"
     else
-        echo "=== packages: FAILED after $((SECONDS - started))s" >&2
         for log in "$tmp"/*.log; do
             [[ -f $log ]] && { echo "--- tail of $log"; tail -n 40 "$log"; } >&2
         done
+        echo "=== packages: FAILED after $((SECONDS - started))s" >&2
     fi
+    rm -rf "$tmp"
     exit "$status"
 }
 trap cleanup EXIT
