@@ -145,7 +145,7 @@ The API over HTTPS, with the kubeconfig and admin token the agent made at
 its first start (plain http://$http serves only health checks):
 
   kubectl --kubeconfig $work/state/kubeconfig get pods -o wide
-  kubectl --kubeconfig $work/state/kubeconfig logs web -c writer
+  kubectl --kubeconfig $work/state/kubeconfig describe pod web
   curl -s --cacert $work/state/pki/ca.crt -H "Authorization: Bearer \$(cat $work/state/pki/admin.token)" https://$api/api/v1/pods
 
   agent log: $work/agent.log
