@@ -109,34 +109,25 @@ impl Client {
         }
     }
 
-    /// GET `path` with an optional bearer token: (status code, body).
-    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+    /// A new TLS connection to the API.
+    fn connect(&self) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
         let tcp = TcpStream::connect(&self.address).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let name = ServerName::try_from("127.0.0.1").unwrap();
         let tls = rustls::ClientConnection::new(self.config.clone(), name).unwrap();
-        let stream = rustls::StreamOwned::new(tls, tcp);
+        rustls::StreamOwned::new(tls, tcp)
+    }
+
+    /// GET `path` with an optional bearer token: (status code, body).
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let header = token.map(|t| format!("Authorization: Bearer {t}"));
-        request(
-            stream,
-            path,
-            header
-                .as_slice()
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .as_slice(),
-        )
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        let headers: Vec<&str> = header.iter().map(String::as_str).collect();
+        request(self.connect(), path, &headers).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     /// Sends a raw request head and returns the status code.
     fn send(&self, head: &str) -> u16 {
-        let tcp = TcpStream::connect(&self.address).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let name = ServerName::try_from("127.0.0.1").unwrap();
-        let tls = rustls::ClientConnection::new(self.config.clone(), name).unwrap();
-        let mut stream = rustls::StreamOwned::new(tls, tcp);
+        let mut stream = self.connect();
         stream.write_all(head.as_bytes()).unwrap();
         let mut response = Vec::new();
         let _ = stream.read_to_end(&mut response);
@@ -287,15 +278,7 @@ fn viewers_read_but_cannot_enter_and_client_certificates_log_in() {
     // A certificate from another CA gets no connection at all.
     let (_, stranger) = client_ca();
     let (cert, key) = client_certificate(&stranger, "mallory", &[]);
-    let tcp = TcpStream::connect(agent.api_address()).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let client = Client::new(&agent, Some((&cert, &key)));
-    let tls = rustls::ClientConnection::new(
-        client.config.clone(),
-        ServerName::try_from("127.0.0.1").unwrap(),
-    )
-    .unwrap();
-    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    let mut stream = Client::new(&agent, Some((&cert, &key))).connect();
     let sent = stream
         .write_all(b"GET /api/v1/pods HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .and_then(|()| {
