@@ -8,8 +8,12 @@
 //! For each endpoint: an open-loop run at the target rate spread over
 //! keep-alive connections, latency measured from each request's scheduled
 //! send time (so a stall also counts for the requests queued behind it),
-//! then a closed-loop run for the most it serves. Client and server share
-//! the process and its cores. Prints a table; asserts nothing about time.
+//! then a closed-loop run for the most it serves. Each endpoint is measured
+//! over plain HTTP (the API as the root-only socket serves it, on TCP here)
+//! and over HTTPS with the admin token (the `api-listen` listener, its
+//! certificate issued from a CA made in a temporary state directory).
+//! Client and server share the process and its cores. Prints a table;
+//! asserts nothing about time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +23,9 @@ use hyper::body::Bytes;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::PodStatus;
-use podkeeper::api::ApiState;
+use podkeeper::api::pki::Pki;
+use podkeeper::api::{tls, ApiState};
+use podkeeper::config::ApiSettings;
 use podkeeper::desired::{self, DesiredSet};
 use podkeeper::images::credentials::Credentials;
 use podkeeper::images::registry::RegistryClient;
@@ -28,6 +34,7 @@ use podkeeper::manifest::parse::parse_manifest;
 use podkeeper::runtime::containerd::Containerd;
 use podkeeper::status::events::{EventLog, EventType, ObjectRef, Retention};
 use podkeeper::status::store::StatusStore;
+use rustls::pki_types::pem::PemObject;
 
 const PODS: usize = 110;
 
@@ -45,28 +52,30 @@ fn main() -> anyhow::Result<()> {
     let tokio = tokio::runtime::Runtime::new()?;
     tokio.block_on(async {
         let work = tempfile::tempdir()?;
-        let address = start_server(work.path()).await?;
+        let (plain, https) = start_server(work.path()).await?;
         println!(
             "{PODS} pods, 2 containers and 5 events each; open loop {rate} req/s for {seconds} s over {connections} connections, then closed loop"
         );
         println!(
-            "{:<44} {:>8} {:>9} {:>9} {:>9} {:>10} {:>12}",
-            "endpoint", "requests", "p50 ms", "p99 ms", "max ms", "req/s", "closed req/s"
+            "{:<44} {:>5} {:>8} {:>9} {:>9} {:>9} {:>10} {:>12}",
+            "endpoint", "over", "requests", "p50 ms", "p99 ms", "max ms", "req/s", "closed req/s"
         );
         for (name, path, accept) in [
             ("/pods (kubelet PodList)", "/pods", "application/json"),
             ("/api/v1/namespaces/default/pods (Table)", "/api/v1/namespaces/default/pods", TABLE),
             ("/describe/pods/default/web-42", "/describe/pods/default/web-42", "text/plain"),
         ] {
-            let open = run(address, path, accept, connections, Some(rate), seconds).await?;
-            let closed = run(address, path, accept, 8, None, 2).await?;
-            let (p50, p99, max) = percentiles(&open.latencies);
-            println!(
-                "{name:<44} {:>8} {p50:>9.3} {p99:>9.3} {max:>9.3} {:>10.0} {:>12.0}",
-                open.latencies.len(),
-                open.throughput,
-                closed.throughput
-            );
+            for (over, transport) in [("http", &plain), ("https", &https)] {
+                let open = run(transport, path, accept, connections, Some(rate), seconds).await?;
+                let closed = run(transport, path, accept, 8, None, 2).await?;
+                let (p50, p99, max) = percentiles(&open.latencies);
+                println!(
+                    "{name:<44} {over:>5} {:>8} {p50:>9.3} {p99:>9.3} {max:>9.3} {:>10.0} {:>12.0}",
+                    open.latencies.len(),
+                    open.throughput,
+                    closed.throughput
+                );
+            }
         }
         drop(work);
         Ok(())
@@ -75,8 +84,53 @@ fn main() -> anyhow::Result<()> {
 
 const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
 
-/// Starts the HTTP API on 127.0.0.1 over a synthetic node.
-async fn start_server(dir: &std::path::Path) -> anyhow::Result<std::net::SocketAddr> {
+/// How the client reaches the API.
+enum Transport {
+    Plain(std::net::SocketAddr),
+    Tls {
+        address: std::net::SocketAddr,
+        connector: tokio_rustls::TlsConnector,
+        token: String,
+    },
+}
+
+impl Transport {
+    /// A new keep-alive connection, and the token its requests carry.
+    async fn connect(
+        &self,
+    ) -> anyhow::Result<(
+        hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        Option<String>,
+    )> {
+        let address = match self {
+            Transport::Plain(address) | Transport::Tls { address, .. } => *address,
+        };
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(match self {
+            Transport::Plain(_) => {
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                (sender, None)
+            }
+            Transport::Tls {
+                connector, token, ..
+            } => {
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+                let tls = connector.connect(name, stream).await?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+                tokio::spawn(connection);
+                (sender, Some(token.clone()))
+            }
+        })
+    }
+}
+
+/// Starts the HTTP API on 127.0.0.1 over a synthetic node, on a plain and
+/// on an HTTPS listener.
+async fn start_server(dir: &std::path::Path) -> anyhow::Result<(Transport, Transport)> {
     // Accepts nothing: connecting only needs the kernel's backlog.
     let socket = dir.join("containerd.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket)?;
@@ -132,12 +186,48 @@ async fn start_server(dir: &std::path::Path) -> anyhow::Result<std::net::SocketA
     let address = listener.local_addr()?;
     tokio::spawn(podkeeper::api::http::serve(
         listener,
-        state,
+        state.clone(),
         podkeeper::api::http::Access::Root,
     ));
+    let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let tls_address = tls_listener.local_addr()?;
+    let settings = ApiSettings {
+        api_listen: Some(tls_address),
+        http_listen: None,
+        tls: None,
+        client_ca_file: None,
+        token_auth_file: None,
+        metrics_unauthenticated: false,
+    };
+    let node = tls::Node {
+        state_dir: dir,
+        name: "node1",
+        ip: None,
+        access_group: None,
+    };
+    let https = tls::prepare(&settings, tls_address, &node)?;
+    tokio::spawn(podkeeper::api::http::serve_tls(tls_listener, state, https));
+    let pki = Pki::ensure(dir, "node1")?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(
+        pki.ca_pem.as_bytes(),
+    )?)?;
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     // Let the recorder's events land.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    Ok(address)
+    Ok((
+        Transport::Plain(address),
+        Transport::Tls {
+            address: tls_address,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            token: pki.admin_token,
+        },
+    ))
 }
 
 fn running_status(i: usize) -> PodStatus {
@@ -181,7 +271,7 @@ struct RunResult {
 /// Sends GETs of `path` over `connections` keep-alive connections: at
 /// `rate` in total if given (open loop), else back to back (closed loop).
 async fn run(
-    address: std::net::SocketAddr,
+    transport: &Transport,
     path: &str,
     accept: &str,
     connections: u64,
@@ -193,12 +283,8 @@ async fn run(
     let mut tasks = Vec::new();
     for c in 0..connections {
         let (path, accept) = (path.to_string(), accept.to_string());
+        let (mut sender, token) = transport.connect().await?;
         tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(address).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
             let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r as f64));
             // Connections start staggered over one interval.
             let mut next = started
@@ -213,10 +299,13 @@ async fn run(
                 } else {
                     Instant::now()
                 };
-                let request = Request::get(&path)
+                let mut request = Request::get(&path)
                     .header("host", "bench")
-                    .header("accept", &accept)
-                    .body(Empty::<Bytes>::new())?;
+                    .header("accept", &accept);
+                if let Some(token) = &token {
+                    request = request.header("authorization", format!("Bearer {token}"));
+                }
+                let request = request.body(Empty::<Bytes>::new())?;
                 let response = sender.send_request(request).await?;
                 anyhow::ensure!(
                     response.status().is_success(),
