@@ -448,6 +448,7 @@ printf 'operator data\n' >/etc/podkeeper/manifests/keep-me.yaml
 dpkg -r podkeeper
 [[ ! -e /usr/bin/podkeeper ]] || fail "/usr/bin/podkeeper survived dpkg -r"
 [[ -f /etc/podkeeper/config.yaml && -d /var/lib/podkeeper ]] || fail "dpkg -r removed config or state"
+[[ $(kept_sums) == "$kept" ]] || fail "dpkg -r changed the CA, admin token or kubeconfig"
 [[ ! -e /etc/systemd/system/multi-user.target.wants/podkeeper.service ]] || fail "dpkg -r left the service enabled"
 dpkg -P podkeeper
 [[ ! -e /var/lib/podkeeper ]] || fail "dpkg -P left /var/lib/podkeeper (PKI, token, kubeconfig)"
