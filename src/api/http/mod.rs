@@ -10,17 +10,21 @@
 //!
 //! Robustness: request heads are bounded in size, header count and time;
 //! bodies are never read (every method that would carry one is refused);
-//! connections per listener are bounded; streams write into bounded
-//! channels, so a slow client only holds up its own task.
+//! connections per listener and per peer are bounded ([`peers`]); a
+//! client that stops reading loses its connection ([`timed_io`]); streams
+//! write into bounded channels, so a slow client only holds up its own
+//! task.
 
 mod cache;
 mod discovery;
 mod handlers;
 mod metrics;
+mod peers;
 mod response;
 mod route;
 mod selector;
 mod table;
+mod timed_io;
 mod watch;
 
 use std::convert::Infallible;
@@ -38,11 +42,12 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiState;
+use peers::{Peer, PeerLimits, PeerPermit};
 use response::Body;
 use route::RouteError;
 
 /// Connections served at once per listener; more wait in the kernel's
-/// backlog.
+/// backlog. Each peer may hold [`peers::PER_PEER`] of them.
 const MAX_CONNECTIONS: usize = 64;
 
 /// Headers accepted in a request.
@@ -66,13 +71,19 @@ pub struct Shared {
 /// Serves HTTP on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: ApiState) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers = PeerLimits::new(peers::PER_PEER);
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, state.clone(), permit));
+            Ok((stream, remote)) => {
+                let peer = stream
+                    .local_addr()
+                    .map_or(Peer::Unknown, |local| Peer::of_tcp(local, remote));
+                if let Some(share) = admit(&peers, peer, &state) {
+                    tokio::spawn(connection(stream, state.clone(), (permit, share)));
+                }
             }
             Err(e) => tracing::warn!(error = %e, "accepting an HTTP connection failed"),
         }
@@ -90,23 +101,40 @@ pub async fn serve_unix(path: &Path, state: ApiState) -> std::io::Result<()> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers = PeerLimits::new(peers::PER_PEER);
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return Ok(());
         };
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, state.clone(), permit));
+                if let Some(share) = admit(&peers, Peer::of_unix(&stream), &state) {
+                    tokio::spawn(connection(stream, state.clone(), (permit, share)));
+                }
             }
             Err(e) => tracing::warn!(error = %e, "accepting an HTTP connection failed"),
         }
     }
 }
 
+/// `peer`'s share of a listener, or `None` (counted; the caller drops the
+/// connection) when it holds all of it already.
+fn admit(peers: &PeerLimits, peer: Peer, state: &ApiState) -> Option<PeerPermit> {
+    let share = peers.try_acquire(peer);
+    if share.is_none() {
+        tracing::debug!(
+            ?peer,
+            "closing an HTTP connection: its peer holds its share"
+        );
+        state.http.metrics.refuse();
+    }
+    share
+}
+
 async fn connection(
     io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     state: ApiState,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, PeerPermit),
 ) {
     let service = service_fn(move |request| {
         let state = state.clone();
@@ -117,7 +145,10 @@ async fn connection(
         .header_read_timeout(HEAD_TIMEOUT)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection(
+            TokioIo::new(timed_io::WriteTimeout::new(io, timed_io::WRITE_TIMEOUT)),
+            service,
+        )
         .await;
     drop(permit);
 }
