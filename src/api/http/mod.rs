@@ -18,6 +18,7 @@
 mod cache;
 mod discovery;
 mod handlers;
+mod log_stream;
 mod metrics;
 mod peers;
 mod response;
