@@ -200,11 +200,11 @@ mod tests {
 
     #[test]
     fn timeout_seconds_is_capped_and_zero_is_the_default() {
-        assert_eq!(timeout_for(None), DEFAULT_TIMEOUT);
-        assert_eq!(timeout_for(Some(0)), DEFAULT_TIMEOUT);
-        assert_eq!(timeout_for(Some(5)), Duration::from_secs(5));
-        assert_eq!(timeout_for(Some(3600)), MAX_TIMEOUT);
-        assert_eq!(timeout_for(Some(3601)), MAX_TIMEOUT);
         assert_eq!(timeout_for(Some(u64::MAX)), MAX_TIMEOUT);
+        assert_eq!(timeout_for(Some(3601)), MAX_TIMEOUT);
+        assert_eq!(timeout_for(Some(3600)), MAX_TIMEOUT);
+        assert_eq!(timeout_for(Some(5)), Duration::from_secs(5));
+        assert_eq!(timeout_for(Some(0)), DEFAULT_TIMEOUT);
+        assert_eq!(timeout_for(None), DEFAULT_TIMEOUT);
     }
 }
