@@ -125,6 +125,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn hyper_drops_a_connection_whose_client_stops_reading() {
+        use http_body_util::Full;
+        use hyper::body::Bytes;
+        use hyper_util::rt::{TokioIo, TokioTimer};
+
+        let (server, mut client) = tokio::io::duplex(4096);
+        let service = hyper::service::service_fn(|_| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                vec![b'z'; 1 << 20],
+            ))))
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(
+                TokioIo::new(WriteTimeout::new(server, WRITE_TIMEOUT)),
+                service,
+            );
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        // The client never reads the megabyte answered.
+        let ended = tokio::time::timeout(NEVER, connection)
+            .await
+            .expect("the connection ended on its own");
+        assert!(ended.is_err(), "the whole answer was written");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_slow_reader_keeps_the_connection() {
         let (server, mut client) = tokio::io::duplex(16);
         let mut server = WriteTimeout::new(server, WRITE_TIMEOUT);
