@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::logs::read::LogReader;
 
 /// The most one chunk of the body holds.
-pub const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 64 * 1024;
 
 /// Chunks waiting for a slow client.
 pub const BACKLOG: usize = 4;

@@ -36,7 +36,7 @@ pub enum Peer {
     /// A remote client's IPv4 address, or its IPv6 `/64` (one host
     /// commonly has a whole `/64` to pick addresses from).
     Address(IpAddr),
-    /// A peer the kernel would not name; these share one share.
+    /// A peer the kernel would not name: all of them count as one.
     Unknown,
 }
 
