@@ -4,7 +4,8 @@
 //! by the HTTP API) is pointed at a socket that is never served.
 //!
 //! `cargo bench --bench http` (env HTTP_BENCH_RATE, default 1000 req/s;
-//! HTTP_BENCH_SECONDS, default 5; HTTP_BENCH_CONNECTIONS, default 16).
+//! HTTP_BENCH_SECONDS, default 5; HTTP_BENCH_CONNECTIONS, default 16, the
+//! most one user may hold).
 //! For each endpoint: an open-loop run at the target rate spread over
 //! keep-alive connections, latency measured from each request's scheduled
 //! send time (so a stall also counts for the requests queued behind it),
@@ -67,7 +68,9 @@ fn main() -> anyhow::Result<()> {
         ] {
             for (over, transport) in [("http", &plain), ("https", &https)] {
                 let open = run(transport, path, accept, connections, Some(rate), seconds).await?;
+                settle().await;
                 let closed = run(transport, path, accept, 8, None, 2).await?;
+                settle().await;
                 let (p50, p99, max) = percentiles(&open.latencies);
                 println!(
                     "{name:<44} {over:>5} {:>8} {p50:>9.3} {p99:>9.3} {max:>9.3} {:>10.0} {:>12.0}",
@@ -80,6 +83,13 @@ fn main() -> anyhow::Result<()> {
         drop(work);
         Ok(())
     })
+}
+
+/// Lets the server see the last run's connections close before the next
+/// run opens its own: all of them come from one user, who may hold at
+/// most 16 of the listener's connections at once.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";

@@ -1,13 +1,11 @@
 //! Answers to routed requests, from snapshots of the desired set, the
 //! status store and the event log. Lists and gets answer at once; a watch
-//! or a followed log streams from a task of its own (see [`super::watch`]
-//! and [`logs`]).
+//! or a log streams from a task of its own (see [`super::watch`] and
+//! [`super::log_stream`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
 use k8s_openapi::api::core::v1::{Event, Pod, PodStatus};
 use k8s_openapi::List;
@@ -16,13 +14,10 @@ use tokio::sync::mpsc;
 use super::cache::{content_version, CachedPod};
 use super::response::{self, bad_request, not_found, Body};
 use super::route::{ListOptions, LogOptions, Route, Scope};
-use super::{discovery, metrics, table, watch};
+use super::{discovery, log_stream, metrics, table, watch};
 use crate::api::{describe, pods, ApiState};
 use crate::desired::DesiredPod;
 use crate::logs::read::{Format, LogReader};
-
-/// How often a followed log is read for new output.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 
 pub async fn handle(route: Route, wants_table: bool, state: &ApiState) -> Response<Body> {
     match route {
@@ -259,7 +254,8 @@ fn event_list(
 
 /// `GET .../pods/{name}/log`: the container's current (or, with
 /// `previous`, last) log file, printed and optionally followed like the
-/// kubelet does. File reads run on the blocking pool.
+/// kubelet does, streamed in bounded chunks (see [`log_stream`]). File
+/// reads run on the blocking pool.
 async fn logs(
     state: &ApiState,
     namespace: &str,
@@ -284,34 +280,46 @@ async fn logs(
         since,
     };
     let limit = options.limit_bytes.unwrap_or(u64::MAX);
-    if !options.follow {
-        let path = target.path.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let mut reader =
-                LogReader::open_formatted(&path, options.tail_lines, format, &mut out)?;
-            reader.finish(&mut out)?;
-            out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            Ok::<_, std::io::Error>(out)
-        })
-        .await;
-        return match read {
-            Ok(Ok(out)) => response::text(StatusCode::OK, out),
-            Ok(Err(e)) => bad_request(&format!(
-                "reading the log of container {:?}: {e}",
-                target.container
-            )),
-            Err(e) => response::status(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                &e.to_string(),
-            ),
+    let path = target.path.clone();
+    let tail = options.tail_lines;
+    let reader =
+        match tokio::task::spawn_blocking(move || LogReader::start(&path, tail, format)).await {
+            Ok(Ok(reader)) => reader,
+            Ok(Err(e)) => {
+                return bad_request(&format!(
+                    "reading the log of container {:?}: {e}",
+                    target.container
+                ))
+            }
+            Err(e) => {
+                return response::status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    &e.to_string(),
+                )
+            }
         };
-    }
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(log_stream::BACKLOG);
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
-        follow(&state, &target, options.tail_lines, format, limit, &tx)
+        // Following ends when the container restarted or went away: its
+        // output then continues in another file, as with the kubelet.
+        let current = || {
+            let now = state
+                .desired
+                .snapshot()
+                .pods
+                .get(&target.uid)
+                .and_then(|_| state.status.get(&target.uid))
+                .map(|status| restart_count(&status, &target.container));
+            now == Some(target.restart)
+        };
+        let follow = options.follow.then_some(&current as &dyn Fn() -> bool);
+        let _ = log_stream::send(
+            reader,
+            follow,
+            &mut log_stream::ChannelWriter::new(tx, limit),
+        );
     });
     response::stream("text/plain; charset=utf-8", rx)
 }
@@ -389,57 +397,4 @@ fn restart_count(status: &PodStatus, container: &str) -> i32 {
         .chain(status.container_statuses.iter().flatten())
         .find(|s| s.name == container)
         .map_or(0, |s| s.restart_count)
-}
-
-/// Streams a log file into `tx` as it grows, until the client goes away,
-/// `limit` bytes were sent, or the container restarted or went away (its
-/// output then continues in another file, as with the kubelet).
-fn follow(
-    state: &ApiState,
-    target: &LogTarget,
-    tail: Option<usize>,
-    format: Format,
-    limit: u64,
-    tx: &mpsc::Sender<Bytes>,
-) {
-    let mut out = Vec::new();
-    let Ok(mut reader) = LogReader::open_formatted(&target.path, tail, format, &mut out) else {
-        return;
-    };
-    let mut sent = 0u64;
-    loop {
-        if !out.is_empty() {
-            let room = usize::try_from(limit - sent).unwrap_or(usize::MAX);
-            out.truncate(room);
-            sent += out.len() as u64;
-            if tx
-                .blocking_send(Bytes::from(std::mem::take(&mut out)))
-                .is_err()
-                || sent >= limit
-            {
-                return;
-            }
-        }
-        std::thread::sleep(FOLLOW_INTERVAL);
-        if tx.is_closed() {
-            return;
-        }
-        let current = state
-            .desired
-            .snapshot()
-            .pods
-            .get(&target.uid)
-            .and_then(|_| state.status.get(&target.uid))
-            .map(|status| restart_count(&status, &target.container));
-        if reader.poll(&mut out).is_err() {
-            return;
-        }
-        if current != Some(target.restart) {
-            let _ = reader.finish(&mut out);
-            if !out.is_empty() {
-                let _ = tx.blocking_send(Bytes::from(out));
-            }
-            return;
-        }
-    }
 }

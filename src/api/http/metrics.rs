@@ -4,19 +4,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::api::ApiState;
 use crate::metrics::{escape, Histograms, CONTAINERD_CALLS, IMAGE_PULLS, POD_SYNCS};
 
-/// Request counts by route and code, and latencies by route; shared by
-/// every listener.
+/// Request counts by route and code, latencies by route, and connections
+/// refused to a peer over its share; shared by every listener.
 #[derive(Default)]
 pub struct HttpMetrics {
     codes: Mutex<BTreeMap<(&'static str, u16), u64>>,
     latency: Histograms,
+    refused: AtomicU64,
 }
 
 impl HttpMetrics {
@@ -27,6 +28,11 @@ impl HttpMetrics {
         *codes.entry((route, code)).or_default() += 1;
         drop(codes);
         self.latency.record(route, elapsed);
+    }
+
+    /// Records a connection closed at once: its peer held its share.
+    pub fn refuse(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String) {
@@ -50,6 +56,14 @@ impl HttpMetrics {
             "Time to answer an HTTP API request (to the response head).",
             "route",
         );
+        header(
+            out,
+            "podkeeper_http_connections_refused_total",
+            "counter",
+            "HTTP API connections closed at once: their peer held its share.",
+        );
+        let refused = self.refused.load(Ordering::Relaxed);
+        let _ = writeln!(out, "podkeeper_http_connections_refused_total {refused}");
     }
 }
 
@@ -179,6 +193,7 @@ mod tests {
         metrics.record("pod_list", 200, Duration::from_micros(300));
         metrics.record("pod_list", 200, Duration::from_millis(3));
         metrics.record("pod_list", 404, Duration::from_secs(5));
+        metrics.refuse();
         let mut out = String::new();
         metrics.render(&mut out);
         assert!(out.contains("podkeeper_http_requests_total{route=\"pod_list\",code=\"200\"} 2"));
@@ -191,5 +206,6 @@ mod tests {
         assert!(out.contains(
             "podkeeper_http_request_duration_seconds_bucket{route=\"pod_list\",le=\"+Inf\"} 3"
         ));
+        assert!(out.contains("podkeeper_http_connections_refused_total 1\n"));
     }
 }

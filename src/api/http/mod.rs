@@ -13,18 +13,23 @@
 //!
 //! Robustness: request heads are bounded in size, header count and time;
 //! bodies are never read (every method that would carry one is refused);
-//! connections per listener are bounded; streams write into bounded
-//! channels, so a slow client only holds up its own task.
+//! connections per listener and per peer are bounded ([`peers`]); a
+//! client that stops reading loses its connection ([`timed_io`]); streams
+//! write into bounded channels, so a slow client only holds up its own
+//! task.
 
 mod access;
 mod cache;
 mod discovery;
 mod handlers;
+mod log_stream;
 mod metrics;
+mod peers;
 mod response;
 mod route;
 mod selector;
 mod table;
+mod timed_io;
 mod watch;
 
 use std::convert::Infallible;
@@ -45,11 +50,12 @@ use super::auth;
 use super::tls::Https;
 use super::ApiState;
 pub use access::Access;
+use peers::{Peer, PeerLimits, PeerPermit};
 use response::Body;
 use route::RouteError;
 
 /// Connections served at once per listener; more wait in the kernel's
-/// backlog.
+/// backlog. Each peer may hold [`peers::PER_PEER`] of them.
 const MAX_CONNECTIONS: usize = 64;
 
 /// Headers accepted in a request.
@@ -77,13 +83,20 @@ pub struct Shared {
 /// task is dropped.
 pub async fn serve(listener: TcpListener, state: ApiState, access: Access) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers = PeerLimits::new(peers::PER_PEER);
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, state.clone(), permit, access.clone()));
+            Ok((stream, remote)) => {
+                let peer = stream
+                    .local_addr()
+                    .map_or(Peer::Unknown, |local| Peer::of_tcp(local, remote));
+                if let Some(share) = take_share(&peers, peer, &state) {
+                    let permit = (permit, share);
+                    tokio::spawn(connection(stream, state.clone(), permit, access.clone()));
+                }
             }
             Err(e) => tracing::warn!(error = %e, "accepting an HTTP connection failed"),
         }
@@ -95,16 +108,23 @@ pub async fn serve(listener: TcpListener, state: ApiState, access: Access) {
 /// user it names holds for every request of the connection.
 pub async fn serve_tls(listener: TcpListener, state: ApiState, https: Https) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers = PeerLimits::new(peers::PER_PEER);
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "accepting an HTTPS connection failed");
                 continue;
             }
+        };
+        let peer = stream
+            .local_addr()
+            .map_or(Peer::Unknown, |local| Peer::of_tcp(local, remote));
+        let Some(share) = take_share(&peers, peer, &state) else {
+            continue;
         };
         let acceptor = https.acceptor.clone();
         let tokens = https.tokens.clone();
@@ -129,7 +149,7 @@ pub async fn serve_tls(listener: TcpListener, state: ApiState, https: Https) {
                 tokens,
                 certificate,
             };
-            connection(tls, state, permit, access).await;
+            connection(tls, state, (permit, share), access).await;
         });
     }
 }
@@ -145,23 +165,41 @@ pub async fn serve_unix(path: &Path, state: ApiState) -> std::io::Result<()> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers = PeerLimits::new(peers::PER_PEER);
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return Ok(());
         };
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, state.clone(), permit, Access::Root));
+                if let Some(share) = take_share(&peers, Peer::of_unix(&stream), &state) {
+                    let permit = (permit, share);
+                    tokio::spawn(connection(stream, state.clone(), permit, Access::Root));
+                }
             }
             Err(e) => tracing::warn!(error = %e, "accepting an HTTP connection failed"),
         }
     }
 }
 
+/// `peer`'s share of a listener, or `None` (counted; the caller drops the
+/// connection) when it holds all of it already.
+fn take_share(peers: &PeerLimits, peer: Peer, state: &ApiState) -> Option<PeerPermit> {
+    let share = peers.try_acquire(peer);
+    if share.is_none() {
+        tracing::debug!(
+            ?peer,
+            "closing an HTTP connection: its peer holds its share"
+        );
+        state.http.metrics.refuse();
+    }
+    share
+}
+
 async fn connection(
     io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     state: ApiState,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, PeerPermit),
     access: Access,
 ) {
     let service = service_fn(move |request| {
@@ -174,7 +212,10 @@ async fn connection(
         .header_read_timeout(HEAD_TIMEOUT)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection(
+            TokioIo::new(timed_io::WriteTimeout::new(io, timed_io::WRITE_TIMEOUT)),
+            service,
+        )
         .await;
     drop(permit);
 }

@@ -22,8 +22,14 @@ use crate::api::ApiState;
 /// How often a pod watch looks for changes.
 const POLL: Duration = Duration::from_millis(500);
 
-/// How long a watch lasts without `timeoutSeconds`; clients watch again.
+/// How long a watch lasts without `timeoutSeconds` (or with 0); clients
+/// watch again.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The longest watch a client may ask for: the API server caps a watch
+/// at its min-request-timeout (30 min) randomised up to twice that, so
+/// clients already expect to watch again within the hour.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// Chunks waiting for a slow client.
 const BACKLOG: usize = 64;
@@ -38,9 +44,10 @@ fn sends_existing(options: &ListOptions) -> bool {
 }
 
 fn timeout(options: &ListOptions) -> Duration {
-    options
-        .timeout_seconds
-        .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+    match options.timeout_seconds {
+        None | Some(0) => DEFAULT_TIMEOUT,
+        Some(seconds) => Duration::from_secs(seconds).min(MAX_TIMEOUT),
+    }
 }
 
 /// One `WatchEvent` line around `object`'s JSON text.
@@ -178,4 +185,26 @@ pub fn events(
         }
     });
     response::stream(CONTENT_TYPE, rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_for(seconds: Option<u64>) -> Duration {
+        timeout(&ListOptions {
+            timeout_seconds: seconds,
+            ..ListOptions::default()
+        })
+    }
+
+    #[test]
+    fn timeout_seconds_is_capped_and_zero_is_the_default() {
+        assert_eq!(timeout_for(Some(u64::MAX)), MAX_TIMEOUT);
+        assert_eq!(timeout_for(Some(3601)), MAX_TIMEOUT);
+        assert_eq!(timeout_for(Some(3600)), MAX_TIMEOUT);
+        assert_eq!(timeout_for(Some(5)), Duration::from_secs(5));
+        assert_eq!(timeout_for(Some(0)), DEFAULT_TIMEOUT);
+        assert_eq!(timeout_for(None), DEFAULT_TIMEOUT);
+    }
 }
