@@ -289,7 +289,9 @@ mod tests {
     {
         let starts = Arc::new(AtomicUsize::new(0));
         let counted = starts.clone();
-        supervisor.spawn_restarting("worker", move || behave(counted.fetch_add(1, Ordering::SeqCst)));
+        supervisor.spawn_restarting("worker", move || {
+            behave(counted.fetch_add(1, Ordering::SeqCst))
+        });
         starts
     }
 
@@ -383,7 +385,10 @@ mod tests {
             Err::<(), _>(std::io::Error::other("socket gone"))
         });
         let failure = supervisor.fatal().await;
-        assert_eq!(failure.to_string(), "task worker ended: failed: socket gone");
+        assert_eq!(
+            failure.to_string(),
+            "task worker ended: failed: socket gone"
+        );
         assert_eq!(supervisor.health().dead(), dead("ended"));
     }
 

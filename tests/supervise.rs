@@ -23,7 +23,9 @@ fn a_failing_task_is_reported_by_health_checks_and_a_vital_one_ends_the_agent() 
 
     // A task that restarts: down between its starts, which the health
     // checks say; the agent keeps serving.
-    agent.restart_with_env(&[(FAIL_TASK, "import-dir")]).unwrap();
+    agent
+        .restart_with_env(&[(FAIL_TASK, "import-dir")])
+        .unwrap();
     let dead = "[failed] task import-dir panicked\n";
     agent.wait_until("/healthz failing", Duration::from_secs(30), || {
         agent.get("/healthz").unwrap() == (500, format!("{dead}healthz check failed\n"))
@@ -34,7 +36,11 @@ fn a_failing_task_is_reported_by_health_checks_and_a_vital_one_ends_the_agent() 
     let (code, body) = agent.get_plain("/healthz", &[]).unwrap();
     assert_eq!(code, 500, "{body}");
     agent.wait_until("a second restart", Duration::from_secs(30), || {
-        agent.log().matches("task import-dir panicked: test hook").count() >= 2
+        agent
+            .log()
+            .matches("task import-dir panicked: test hook")
+            .count()
+            >= 2
     });
     assert!(agent.is_running());
 
@@ -44,7 +50,9 @@ fn a_failing_task_is_reported_by_health_checks_and_a_vital_one_ends_the_agent() 
     assert!(!status.success(), "{status}");
     let log = agent.log();
     assert!(
-        log.contains("task manifest-source panicked: test hook: task manifest-source fails as it starts"),
+        log.contains(
+            "task manifest-source panicked: test hook: task manifest-source fails as it starts"
+        ),
         "{log}"
     );
 

@@ -125,7 +125,7 @@ mod tests {
         let in_flight = InFlight::<Result<(), String>>::default();
         // The leader stalls (a registry that never answers) and its caller
         // gives up: its future is dropped.
-        let stalled = in_flight.run("busybox", || std::future::pending());
+        let stalled = in_flight.run("busybox", std::future::pending);
         let gave_up = tokio::time::timeout(Duration::from_secs(1), stalled).await;
         assert!(gave_up.is_err());
         let next = in_flight.run("busybox", || async { Ok(()) });
@@ -135,7 +135,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_takes_over_when_the_leader_goes_away() {
         let in_flight = InFlight::<u32>::default();
-        let mut leader = Box::pin(in_flight.run("busybox", || std::future::pending()));
+        let mut leader = Box::pin(in_flight.run("busybox", std::future::pending));
         assert!((&mut leader).now_or_never().is_none());
         let mut waiter = Box::pin(in_flight.run("busybox", || async { 8 }));
         assert!((&mut waiter).now_or_never().is_none());
