@@ -36,6 +36,7 @@ use crate::runtime::containerd::{Containerd, RuntimeError};
 use crate::runtime::network::{Network, NetworkSettings};
 use crate::status::events::{EventLog, EventType, ObjectRef, Recorder};
 use crate::status::store::StatusStore;
+use crate::supervise::Supervisor;
 
 /// The HTTP API's unix socket in the state directory, for local clients
 /// that should not depend on `http-listen`.
@@ -44,29 +45,41 @@ const HTTP_SOCKET: &str = "podkeeper-http.sock";
 /// Longest wait between attempts to reach containerd at start-up.
 const MAX_CONNECT_DELAY: Duration = Duration::from_secs(2);
 
-/// Runs the agent until SIGTERM or SIGINT. Tells systemd it is ready once
-/// the manifests have been read (not merely once it started), so units
-/// ordered after podkeeper see the pods' set decided.
+/// Runs the agent until SIGTERM or SIGINT, or until a task it cannot do
+/// without fails (an error: systemd starts the agent again, which adopts
+/// the running pods). Tells systemd it is ready once the manifests have
+/// been read (not merely once it started), so units ordered after
+/// podkeeper see the pods' set decided.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut stop = StopSignal::install()?;
+    let mut tasks = Supervisor::new();
     let desired = tokio::select! {
-        started = start(&settings) => started?,
+        started = start(&settings, &tasks) => started?,
         () = stop.recv() => {
             info!("stopped during start-up");
             notify::stopping();
             return Ok(());
         }
     };
-    tokio::select! {
-        () = first_sync(desired) => {
-            notify::ready();
-            stop.recv().await;
+    let serving = async {
+        tokio::select! {
+            () = first_sync(desired) => notify::ready(),
+            () = stop.recv() => return,
         }
-        () = stop.recv() => {}
-    }
-    info!("stopping; the pods keep running under containerd");
+        stop.recv().await;
+    };
+    let failed = tokio::select! {
+        () = serving => None,
+        failure = tasks.fatal() => Some(failure),
+    };
     notify::stopping();
-    Ok(())
+    match failed {
+        None => {
+            info!("stopping; the pods keep running under containerd");
+            Ok(())
+        }
+        Some(failure) => Err(failure).context("exiting; the pods keep running under containerd"),
+    }
 }
 
 /// Waits until the manifest source has published its first full read; never
@@ -85,7 +98,7 @@ async fn first_sync(mut desired: desired::DesiredReader) {
 
 /// Starts every part of the agent in dependency order and returns once they
 /// run in the background, with a reader of the desired set.
-async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
+async fn start(settings: &Settings, tasks: &Supervisor) -> anyhow::Result<desired::DesiredReader> {
     info!(version = crate::VERSION, node = %settings.node_name, manifests = %settings.manifest_dir.display(), "podkeeper starting");
     // First, before anything is created: whoever can write a manifest can
     // run privileged containers.
@@ -124,7 +137,9 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
     // Connected by now; the event stream's link keeps it up to date.
     let containerd_reachable = Arc::new(AtomicBool::new(true));
     let reachable = containerd_reachable.clone();
-    tokio::spawn(async move {
+    // Fatal: it holds the only sender of the workers' event channel, and a
+    // new subscription would miss what happened in between.
+    tasks.spawn_fatal("containerd-events", async move {
         let on_link = move |link: Link| {
             reachable.store(matches!(link, Link::Restored { .. }), Ordering::Relaxed);
             record_link(&link_recorder, &node, link);
@@ -149,21 +164,21 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
         images: images.clone(),
         sandbox_image: sandbox_image.name.clone(),
         containerd_reachable,
+        tasks: tasks.health(),
         http: Default::default(),
     };
-    serve_http(settings, https, &api_state).await?;
+    serve_http(settings, https, &api_state, tasks).await?;
+    // The unix sockets restart: each start binds its path afresh.
     let http_socket = settings.state_dir.join(HTTP_SOCKET);
     let http_state = api_state.clone();
-    tokio::spawn(async move {
-        if let Err(e) = api::http::serve_unix(&http_socket, http_state).await {
-            warn!(socket = %http_socket.display(), error = %e, "the HTTP API's unix socket stopped");
-        }
+    tasks.spawn_restarting("http-socket", move || {
+        let (socket, state) = (http_socket.clone(), http_state.clone());
+        async move { api::http::serve_unix(&socket, state).await }
     });
     let socket = settings.api_socket();
-    tokio::spawn(async move {
-        if let Err(e) = api::grpc::serve(&socket, api_state).await {
-            warn!(socket = %socket.display(), error = %e, "the gRPC API stopped");
-        }
+    tasks.spawn_restarting("grpc-socket", move || {
+        let (socket, state) = (socket.clone(), api_state.clone());
+        async move { api::grpc::serve(&socket, state).await }
     });
 
     let source = ManifestSource::new(
@@ -173,16 +188,23 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
         desired_writer,
         recorder.clone(),
     );
-    tokio::spawn(source.run());
+    // Fatal: it holds the desired set's only writer.
+    tasks.spawn_fatal("manifest-source", source.run());
     create_dir(&settings.images_dir, 0o700)?;
-    let import_dir = ImportDir::new(
-        settings.images_dir.clone(),
-        &settings.state_dir,
-        settings.manifest_resync,
-        images.clone(),
-        recorder.clone(),
-    );
-    tokio::spawn(import_dir.run());
+    // Restarts: a new one reads its records and the directory again.
+    let (images_dir, state_dir) = (settings.images_dir.clone(), settings.state_dir.clone());
+    let (resync, import_images, import_recorder) =
+        (settings.manifest_resync, images.clone(), recorder.clone());
+    tasks.spawn_restarting("import-dir", move || {
+        let import_dir = ImportDir::new(
+            images_dir.clone(),
+            &state_dir,
+            resync,
+            import_images.clone(),
+            import_recorder.clone(),
+        );
+        import_dir.run()
+    });
     let network = Network::load(NetworkSettings {
         bin_dirs: settings.cni_bin_dirs.clone(),
         conf_dir: settings.cni_conf_dir.clone(),
@@ -217,8 +239,11 @@ async fn start(settings: &Settings) -> anyhow::Result<desired::DesiredReader> {
         pod_log_dir: settings.pod_log_dir.clone(),
         state_dir: settings.state_dir.clone(),
     });
-    tokio::spawn(Workers::new(context).run(desired_reader.clone(), runtime_events_rx));
-    tokio::spawn(crate::memory::trim_periodically());
+    // Fatal: the pod tasks are its own and end with it; a new agent adopts
+    // the pods.
+    let workers = Workers::new(context).run(desired_reader.clone(), runtime_events_rx);
+    tasks.spawn_fatal("pod-workers", workers);
+    tasks.spawn_restarting("memory-trim", crate::memory::trim_periodically);
     info!(
         https = %listening(settings.api.api_listen),
         http = %listening(settings.api.http_listen),
@@ -376,11 +401,14 @@ fn secure_state_dir(path: &std::path::Path, group: Option<u32>) -> anyhow::Resul
 }
 
 /// Binds the TCP listeners and serves the HTTP API on them: HTTPS to
-/// authenticated callers, plain HTTP with health checks only.
+/// authenticated callers, plain HTTP with health checks only. Their
+/// failure is fatal: the ports are bound once, at start, where a port
+/// taken meanwhile is said plainly.
 async fn serve_http(
     settings: &Settings,
     https: Option<(std::net::SocketAddr, tls::Https)>,
     state: &ApiState,
+    tasks: &Supervisor,
 ) -> anyhow::Result<()> {
     let bind = |key: &'static str, address| async move {
         tokio::net::TcpListener::bind(address)
@@ -397,7 +425,10 @@ async fn serve_http(
     };
     if let Some((listen, https)) = https {
         let listener = bind("api-listen", listen).await?;
-        tokio::spawn(api::http::serve_tls(listener, state.clone(), https));
+        tasks.spawn_fatal(
+            "https-listener",
+            api::http::serve_tls(listener, state.clone(), https),
+        );
     }
     if let Some(listen) = settings.api.http_listen {
         let listener = bind("http-listen", listen).await?;
@@ -405,7 +436,10 @@ async fn serve_http(
             metrics: settings.api.metrics_unauthenticated,
             hint: api_hint.into(),
         };
-        tokio::spawn(api::http::serve(listener, state.clone(), access));
+        tasks.spawn_fatal(
+            "http-listener",
+            api::http::serve(listener, state.clone(), access),
+        );
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ pub mod notify;
 pub mod pod;
 pub mod runtime;
 pub mod status;
+pub mod supervise;
 pub mod watch;
 
 /// The generated code of podkeeper's own gRPC API (`proto/podkeeper/v1`).

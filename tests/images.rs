@@ -3,7 +3,10 @@
 
 mod common;
 
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::agent::{running_containers, waiting_reason, Agent, NODE};
@@ -172,6 +175,81 @@ fn a_pod_backs_off_while_the_registry_is_down_and_starts_when_it_returns() {
     registry.restart().unwrap();
     // The first retry comes 10 s after the failed pull.
     wait_running(&agent, "p", Duration::from_secs(45));
+}
+
+/// A TCP proxy to `upstream` that holds its first connection without
+/// passing anything on (a registry that stalls) and forwards the others;
+/// the receiver hears when the first one arrived.
+fn stalling_proxy(upstream: String) -> (String, mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (arrived, first) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = None;
+        for client in listener.incoming().flatten() {
+            if held.is_none() {
+                held = Some(client);
+                let _ = arrived.send(());
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (Ok(client_end), Ok(server_end)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            pipe(client, server_end);
+            pipe(server, client_end);
+        }
+    });
+    (address, first)
+}
+
+/// Copies `from` into `to` on a thread of its own until `from` ends.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+#[test]
+fn an_interrupted_pull_leaves_nothing_behind_and_the_next_one_succeeds() {
+    if !e2e_enabled("an_interrupted_pull_leaves_nothing_behind_and_the_next_one_succeeds") {
+        return;
+    }
+    let containerd = PrivateContainerd::start().unwrap();
+    let registry = TestRegistry::start().unwrap();
+    let busybox = archives::busybox_oci(containerd.dir(), "podkeeper.test/busybox:latest").unwrap();
+    registry.push_oci_archive(&busybox, "stall:v1").unwrap();
+    let (proxy, first_connection) = stalling_proxy(registry.host());
+    let image = format!("{proxy}/stall:v1");
+    let agent = Agent::start(&containerd, "e2e-interrupt").unwrap();
+
+    let mut interrupted = Command::new(env!("CARGO_BIN_EXE_podkeeper"))
+        .args(["image", "pull", &image, "--state-dir"])
+        .arg(&agent.state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    first_connection
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the pull reaches the registry");
+    interrupted.kill().unwrap();
+    interrupted.wait().unwrap();
+
+    let next = agent.cli(&["image", "pull", &image]);
+    assert!(
+        next.status.success(),
+        "{}\nagent log:\n{}",
+        String::from_utf8_lossy(&next.stderr),
+        agent.log()
+    );
+    let images = containerd
+        .ctr("e2e-interrupt", &["images", "ls", "-q"])
+        .unwrap();
+    assert!(images.contains(&image), "{image} not in {images}");
 }
 
 #[test]

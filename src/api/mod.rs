@@ -21,6 +21,7 @@ use crate::desired::DesiredReader;
 use crate::images::service::ImageService;
 use crate::status::events::EventLog;
 use crate::status::store::StatusStore;
+use crate::supervise::Health;
 
 /// What API handlers may read.
 #[derive(Clone)]
@@ -36,6 +37,9 @@ pub struct ApiState {
     /// Whether containerd's event stream is up, kept by the agent; `/readyz`
     /// and `/metrics` report it. A cheap signal: no call to containerd.
     pub containerd_reachable: Arc<AtomicBool>,
+    /// The agent's supervised tasks that are down; `/healthz` and `/readyz`
+    /// report them.
+    pub tasks: Health,
     /// What the HTTP API keeps between requests (serialized pods,
     /// request metrics), shared by its listeners.
     pub http: Arc<http::Shared>,

@@ -8,6 +8,7 @@ pub mod archive;
 pub mod credentials;
 pub mod digest;
 pub mod import_dir;
+mod in_flight;
 pub mod media_types;
 pub mod platform;
 pub mod policy;

@@ -3,7 +3,7 @@
 //! containerd through its own services (content, leases, diff, snapshots,
 //! images) — never by running `ctr`.
 //!
-//! Concurrent needs for one image share one pull. Every successful pull or
+//! Concurrent needs for one image share one pull (`in_flight.rs`). Every successful pull or
 //! import bumps a counter that waiting pod workers watch, so a pod waiting
 //! for an image starts as soon as it arrives.
 
@@ -19,6 +19,7 @@ use oci_spec::image::ImageManifest;
 use tokio::sync::watch;
 
 use super::archive::{self, ArchiveImage, BlobSink};
+use super::in_flight::InFlight;
 use super::policy::{Ensured, ImageError, OnPull, Provenance, PullPolicy};
 use super::reference;
 use super::registry::{RegistryClient, RegistryError};
@@ -32,13 +33,11 @@ use crate::runtime::pause;
 /// Layers of one image downloaded at once.
 const PARALLEL_BLOBS: usize = 3;
 
-type PullOutcome = Option<Result<(), PullFailure>>;
-
 pub struct ImageService {
     runtime: Containerd,
     registry: RegistryClient,
-    /// Pulls in progress by image name; joiners wait on the receiver.
-    pulls: Mutex<HashMap<String, watch::Receiver<PullOutcome>>>,
+    /// Pulls in progress by image name.
+    pulls: InFlight<Result<(), PullFailure>>,
     changed: watch::Sender<u64>,
     /// Resolved images by target digest. What a digest names never changes,
     /// so starting another container of a known image costs one Images.Get
@@ -52,7 +51,7 @@ impl ImageService {
         ImageService {
             runtime,
             registry,
-            pulls: Mutex::new(HashMap::new()),
+            pulls: InFlight::default(),
             changed: watch::channel(0).0,
             resolved: Mutex::new(HashMap::new()),
         }
@@ -165,37 +164,17 @@ impl ImageService {
         }
     }
 
-    /// Pulls `name` (normalized), sharing a pull already in progress.
+    /// Pulls `name` (normalized), sharing a pull already in progress. A
+    /// pull whose caller goes away stops; one waiting for it takes over.
     pub async fn pull(&self, name: &str) -> Result<(), PullFailure> {
-        let (mut rx, leader) = {
-            let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
-            match pulls.get(name) {
-                Some(rx) => (rx.clone(), None),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    pulls.insert(name.to_string(), rx.clone());
-                    (rx, Some(tx))
-                }
-            }
-        };
-        if let Some(tx) = leader {
+        let pull = || async {
             let result = self.pull_now(name).await;
-            self.pulls
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(name);
             if result.is_ok() {
                 self.announce_arrival();
             }
-            let _ = tx.send(Some(result.clone()));
-            return result;
-        }
-        let abandoned = || Err(PullFailure::Other("the pull was abandoned".into()));
-        let outcome = match rx.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone(),
-            Err(_) => None,
+            result
         };
-        outcome.unwrap_or_else(abandoned)
+        self.pulls.run(name, pull).await
     }
 
     async fn pull_now(&self, name: &str) -> Result<(), PullFailure> {

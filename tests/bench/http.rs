@@ -190,6 +190,7 @@ async fn start_server(dir: &std::path::Path) -> anyhow::Result<(Transport, Trans
         images,
         sandbox_image: "pause".into(),
         containerd_reachable: Arc::new(true.into()),
+        tasks: Default::default(),
         http: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -189,8 +189,18 @@ impl Agent {
     /// (a short `--manifest-resync-seconds`, say); a later
     /// [`Agent::restart`] drops them again.
     pub fn restart_with_flags(&mut self, flags: &[&str]) -> anyhow::Result<()> {
+        self.restart_with(flags, &[])
+    }
+
+    /// Like [`Agent::restart`], with `env` added to the agent's environment
+    /// (a test hook, say); a later [`Agent::restart`] drops it again.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.restart_with(&[], env)
+    }
+
+    fn restart_with(&mut self, flags: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
         kill_and_wait(&mut self.child);
-        self.child = self.spawn(flags)?;
+        self.child = self.spawn(flags, env)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.get("/healthz").is_ok() {
@@ -214,7 +224,7 @@ impl Agent {
         kill_and_wait(&mut self.child);
     }
 
-    fn spawn(&self, extra_flags: &[&str]) -> anyhow::Result<Child> {
+    fn spawn(&self, extra_flags: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -246,6 +256,7 @@ impl Agent {
             .args(["--cgroup-root", CGROUP_ROOT])
             .args(extra_flags)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -365,6 +376,18 @@ impl Agent {
             "timed out after {timeout:?} waiting for {what}\nagent log:\n{}",
             self.log()
         );
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the agent did not exit within {timeout:?}:\n{}", self.log())
     }
 
     /// Sends SIGTERM, as a service manager stops the agent, and waits up to

@@ -21,7 +21,7 @@ use crate::logs::read::{Format, LogReader};
 
 pub async fn handle(route: Route, wants_table: bool, state: &ApiState) -> Response<Body> {
     match route {
-        Route::Healthz => response::text(StatusCode::OK, "ok"),
+        Route::Healthz => healthz(state),
         Route::Readyz => readyz(state),
         Route::Metrics => response::bytes(
             StatusCode::OK,
@@ -70,18 +70,36 @@ pub async fn handle(route: Route, wants_table: bool, state: &ApiState) -> Respon
     }
 }
 
+/// Healthy while every supervised task runs; otherwise a 500 naming the
+/// tasks down, as the kubelet answers for a failed check (the reason, a
+/// panic message say, stays in the agent's log).
+fn healthz(state: &ApiState) -> Response<Body> {
+    let dead = state.tasks.dead();
+    if dead.is_empty() {
+        return response::text(StatusCode::OK, "ok");
+    }
+    let mut body: String = dead.iter().map(|t| format!("[failed] {t}\n")).collect();
+    body.push_str("healthz check failed\n");
+    response::text(StatusCode::INTERNAL_SERVER_ERROR, body)
+}
+
 /// Ready once the manifest directory was read in full and containerd's
-/// event stream is up: before that, what `/pods` says is incomplete.
+/// event stream is up (before that, what `/pods` says is incomplete), and
+/// while no supervised task is down.
 fn readyz(state: &ApiState) -> Response<Body> {
     let synced = state.desired.snapshot().synced;
     let containerd = state.containerd_reachable.load(Ordering::Relaxed);
+    let dead = state.tasks.dead();
     let check = |ok: bool| if ok { "ok" } else { "failed" };
-    let body = format!(
+    let mut body = format!(
         "[{}] manifests synced\n[{}] containerd reachable\n",
         check(synced),
         check(containerd)
     );
-    let code = if synced && containerd {
+    for task in &dead {
+        body.push_str(&format!("[failed] {task}\n"));
+    }
+    let code = if synced && containerd && dead.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
