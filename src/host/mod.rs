@@ -6,8 +6,10 @@
 //! created private from the start and written crash-safe
 //! ([`private_files`]), and read back with torn files handled as absent
 //! ([`state_file`]); and who is at the other end of a local connection
-//! ([`socket_owner`]).
+//! ([`socket_owner`]). Such work blocks, and runs off the async runtime
+//! ([`blocking`]).
 
+pub mod blocking;
 pub mod fd;
 pub mod private_files;
 pub mod remove;

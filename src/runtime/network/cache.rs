@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{NetworkError, PortMapping};
-use crate::host::{private_files, state_file};
+use crate::host::{blocking, private_files, state_file};
 
 /// Marks the file format, so a future change can tell old files apart.
 const KIND: &str = "podkeeperCniCacheV1";
@@ -66,9 +66,21 @@ fn cache_error(path: &Path, reason: impl std::fmt::Display) -> NetworkError {
 }
 
 /// Writes the entry crash-safe ([`private_files::write_private`]), so a
-/// crash or a power cut never leaves half a result that would block DEL.
-/// Blocking (fsyncs): async callers run it on a blocking thread.
-pub(super) fn write(dir: &Path, entry: &CachedResult) -> Result<(), NetworkError> {
+/// crash or a power cut never leaves half a result that would block DEL;
+/// on a blocking thread, as the fsyncs block.
+pub(super) async fn write(dir: PathBuf, entry: CachedResult) -> Result<(), NetworkError> {
+    let target = path(
+        &dir,
+        &entry.network_name,
+        &entry.container_id,
+        &entry.if_name,
+    );
+    blocking::unblock(move || Ok(write_now(&dir, &entry)))
+        .await
+        .map_err(|e| cache_error(&target, e))?
+}
+
+fn write_now(dir: &Path, entry: &CachedResult) -> Result<(), NetworkError> {
     let target = path(
         dir,
         &entry.network_name,
@@ -134,14 +146,14 @@ mod tests {
             host_ip: String::new(),
         }];
         let entry = CachedResult::new("net", "sbx1", "eth0", &mappings, json!({"ips": []}));
-        write(&results, &entry).unwrap();
+        write_now(&results, &entry).unwrap();
         assert!(results.join("net-sbx1-eth0").is_file());
         assert_eq!(
             read(&results, "net", "sbx1", "eth0").unwrap(),
             Some(entry.clone())
         );
         // Rewriting replaces it; no temporary file is left.
-        write(&results, &entry).unwrap();
+        write_now(&results, &entry).unwrap();
         let names: Vec<_> = std::fs::read_dir(&results)
             .unwrap()
             .map(|e| e.unwrap().file_name())
