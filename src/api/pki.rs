@@ -5,10 +5,8 @@
 //! only, so it always names the node's current name and address, and
 //! clients that trust the CA (the kubeconfig does) never notice.
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -16,7 +14,7 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-use crate::host::private_files;
+use crate::host::{private_files, state_file};
 
 const PKI_DIR: &str = "pki";
 const CA_CERT: &str = "ca.crt";
@@ -219,23 +217,17 @@ fn new_token() -> Result<String, PkiError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The text of one of the PKI's own files, `None` if it does not exist.
-/// Opened without following a symlink; the directory is root's alone.
+/// The text of one of the PKI's own files, `None` if it does not exist or
+/// is empty (cut short by a power cut; logged): what is missing is made
+/// anew, as at first start.
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path);
-    let file = match file {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(path)(e)),
+    let Some(content) = state_file::read(path, "API credential", MAX_PKI_FILE).map_err(io(path))?
+    else {
+        return Ok(None);
     };
-    let mut text = String::new();
-    file.take(MAX_PKI_FILE)
-        .read_to_string(&mut text)
-        .map_err(io(path))?;
-    Ok(Some(text))
+    String::from_utf8(content)
+        .map(Some)
+        .map_err(|e| io(path)(io::Error::new(io::ErrorKind::InvalidData, e)))
 }
 
 fn io(path: &Path) -> impl Fn(io::Error) -> PkiError + '_ {
@@ -250,6 +242,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+    use crate::host::state_file::tests::logged;
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().mode() & 0o777
@@ -274,6 +267,30 @@ mod tests {
         let third = Pki::ensure(state.path(), "node1").unwrap();
         assert_ne!(third.ca_pem, first.ca_pem);
         assert_eq!(third.admin_token, first.admin_token);
+    }
+
+    #[test]
+    fn empty_files_are_made_anew_and_logged_a_torn_key_is_refused() {
+        let state = tempfile::tempdir().unwrap();
+        let first = Pki::ensure(state.path(), "node1").unwrap();
+        let dir = state.path().join(PKI_DIR);
+        for name in [CA_KEY, CA_CERT, ADMIN_TOKEN] {
+            std::fs::write(dir.join(name), "").unwrap();
+            let log = logged(|| {
+                let again = Pki::ensure(state.path(), "node1").unwrap();
+                assert_ne!(
+                    (again.ca_pem, again.admin_token),
+                    (first.ca_pem.clone(), first.admin_token.clone())
+                );
+            });
+            assert!(log.contains(name), "{log}");
+        }
+        // A CA key that is there but unreadable is not replaced behind the
+        // operator's back: clients trust the CA it belongs to.
+        let key = std::fs::read_to_string(dir.join(CA_KEY)).unwrap();
+        std::fs::write(dir.join(CA_KEY), &key[..key.len() / 2]).unwrap();
+        let error = Pki::ensure(state.path(), "node1").err().unwrap();
+        assert!(error.to_string().contains(CA_KEY), "{error}");
     }
 
     #[test]

@@ -97,9 +97,12 @@ pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
     Ok(file)
 }
 
-/// Replaces `path` with `content` so a crash leaves the old or the new file,
-/// never half of one: written to `<path>.tmp` created 0600 with `O_EXCL`
-/// (a leftover from a crash is removed first), flushed, renamed over.
+/// Replaces `path` with `content` so a crash or a power cut leaves the old
+/// or the new file, never half of one or an empty one: written to
+/// `<path>.tmp` created 0600 with `O_EXCL` (a leftover from a crash is
+/// removed first), fsynced, renamed over, and the directory fsynced so the
+/// rename itself is on disk. Every state file is written through here.
+/// Blocking (two fsyncs): async callers run it on a blocking thread.
 pub fn write_private(path: &Path, content: &[u8]) -> io::Result<()> {
     write_file(path, content, PRIVATE_FILE_MODE, None)
 }
@@ -129,11 +132,22 @@ pub fn write_file(path: &Path, content: &[u8], mode: u32, group: Option<u32>) ->
     let written = set_group_and_mode(&file, group, mode)
         .and_then(|()| file.write_all(content))
         .and_then(|()| file.sync_all())
-        .and_then(|()| fs::rename(&temporary, path));
+        .and_then(|()| fs::rename(&temporary, path))
+        .and_then(|()| sync_parent(path));
     if written.is_err() {
         let _ = fs::remove_file(&temporary);
     }
     written
+}
+
+/// Flushes the directory holding `path`: a rename is an update of the
+/// directory, lost in a power cut until the directory itself is synced.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
 }
 
 /// Gives the open `file` to `group` (when given) and then sets `mode`

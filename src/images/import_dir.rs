@@ -19,12 +19,15 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::service::ImageService;
-use crate::host::private_files;
+use crate::host::{private_files, state_file};
 use crate::status::events::{EventType, ObjectRef, Recorder};
 use crate::watch::DirWatch;
 
 /// A file modified more recently than this may still be being copied.
 const SETTLING: Duration = Duration::from_secs(2);
+
+/// Far above the records of any images directory (~300 bytes an archive).
+const MAX_RECORDS_BYTES: u64 = 16 << 20;
 
 /// What is known about one archive file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,10 +60,7 @@ impl ImportDir {
         recorder: Recorder,
     ) -> ImportDir {
         let records_file = state_dir.join("imported-archives.json");
-        let records = std::fs::read(&records_file)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
+        let records = load_records(&records_file);
         ImportDir {
             dir,
             records_file,
@@ -137,7 +137,7 @@ impl ImportDir {
         let before = self.records.len();
         self.records.retain(|name, _| present.contains(name));
         if self.records.len() != before {
-            self.save();
+            self.save().await;
         }
         again
     }
@@ -157,7 +157,7 @@ impl ImportDir {
                 info!(archive = %path.display(), "archive already imported (same content); skipped");
                 record.size = size;
                 record.modified_ns = modified_ns;
-                self.save();
+                self.save().await;
                 return;
             }
         }
@@ -194,18 +194,37 @@ impl ImportDir {
                 error,
             },
         );
-        self.save();
+        self.save().await;
     }
 
-    /// Writes the records atomically: a crash leaves the old or the new file.
-    fn save(&self) {
-        let result = serde_json::to_vec_pretty(&self.records)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| private_files::write_private(&self.records_file, &bytes));
+    /// Writes the records crash-safe, on a blocking thread (fsyncs): a
+    /// crash or a power cut leaves the old or the new file.
+    async fn save(&self) {
+        let path = self.records_file.clone();
+        let result = match serde_json::to_vec_pretty(&self.records) {
+            Ok(bytes) => {
+                tokio::task::spawn_blocking(move || private_files::write_private(&path, &bytes))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            }
+            Err(e) => Err(std::io::Error::other(e)),
+        };
         if let Err(e) = result {
             warn!(file = %self.records_file.display(), error = %e, "cannot save the imported-archive records");
         }
     }
+}
+
+/// The records kept by an earlier run. An empty, torn or unreadable file
+/// (logged) counts as none: archives are hashed again and an image already
+/// there is recognised by containerd, so nothing is lost but time.
+fn load_records(path: &Path) -> BTreeMap<String, ArchiveRecord> {
+    state_file::read_json(path, "imported-archive records", MAX_RECORDS_BYTES)
+        .unwrap_or_else(|e| {
+            warn!(file = %path.display(), error = %e, "cannot read the imported-archive records; importing again");
+            None
+        })
+        .unwrap_or_default()
 }
 
 /// The file name if `path` may be an archive: not a dot-file and not a
@@ -236,6 +255,7 @@ fn file_sha256(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::state_file::tests::logged;
 
     #[test]
     fn temporary_and_hidden_files_are_not_archives() {
@@ -251,6 +271,20 @@ mod tests {
         for name in ["busybox.tar", "app.tar.gz", "app.oci", "app.tar.zst"] {
             assert_eq!(archive_name(Path::new(name)).as_deref(), Some(name));
         }
+    }
+
+    #[test]
+    fn empty_or_torn_records_are_none_and_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imported-archives.json");
+        for torn in ["", "{\"busybox.tar\":{\"size\":12,\"modif"] {
+            std::fs::write(&path, torn).unwrap();
+            let log = logged(|| assert!(load_records(&path).is_empty()));
+            assert!(log.contains("imported-archives.json"), "{log}");
+        }
+        let kept = r#"{"a.tar":{"size":1,"modified_ns":2,"sha256":"x","images":[],"error":null}}"#;
+        std::fs::write(&path, kept).unwrap();
+        assert_eq!(load_records(&path)["a.tar"].size, 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use super::parse::{parse_manifest, MAX_MANIFEST_BYTES};
 use super::permissions;
 use crate::desired::{DesiredPod, DesiredSet, DesiredWriter};
+use crate::host::blocking;
 use crate::status::events::{EventType, ObjectRef, Recorder};
 use crate::watch::DirWatch;
 
@@ -77,12 +78,21 @@ impl ManifestSource {
     }
 
     /// Reads the directory now and then whenever it changes, until the task
-    /// is dropped.
+    /// is dropped. Each pass (listing, permission checks, reads) runs on a
+    /// blocking thread: a slow or huge directory never stalls the runtime.
     pub async fn run(mut self) {
         let mut watch = DirWatch::new(self.dir.clone(), self.resync, may_be_manifest);
         loop {
             watch.next(None).await;
-            self.sync();
+            let pass = blocking::unblock(move || {
+                self.sync();
+                Ok(self)
+            });
+            // Only a runtime shutting down fails it (a panic is resumed).
+            let Ok(source) = pass.await else {
+                return;
+            };
+            self = source;
         }
     }
 

@@ -4,9 +4,12 @@
 //! worker (its only writer) whenever the pod's status changes, read once
 //! when a new worker adopts the pod.
 //!
-//! Writes go through a temporary file and a rename, so a crash leaves the
-//! old or the new file, never half of one. A file that cannot be read is
-//! not fatal: the worker falls back to what the containers' labels say.
+//! Writes go through [`private_files::write_private`] (temporary file,
+//! fsync, rename, fsync of the directory), so a crash or a power cut leaves
+//! the old or the new file, never half of one. An empty or torn file (left
+//! by an older version) is handled as absent and logged, and one that
+//! cannot be read is not fatal: either way the worker falls back to what
+//! the containers' labels say.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,11 +20,14 @@ use tokio::time::Instant;
 
 use super::plan::CrashBackoff;
 use super::state::{ContainerRecord, PodRecord, RunState};
-use crate::host::private_files;
 use crate::host::safe_path::{self, SafePath, UnsafeComponent};
+use crate::host::{private_files, state_file};
 
 /// Marks the format, so a later one can tell old files apart.
 const VERSION: u32 = 1;
+
+/// Far above any checkpoint (a few hundred bytes per container).
+const MAX_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -130,6 +136,7 @@ impl Checkpoint {
         Ok(SafePath::base(state_dir).join(&["pods", &file])?.path())
     }
 
+    /// Blocking (fsyncs): async callers run it on a blocking thread.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
         private_files::create_dir(dir, private_files::PRIVATE_DIR_MODE)?;
@@ -137,15 +144,14 @@ impl Checkpoint {
         private_files::write_private(path, &bytes)
     }
 
-    /// The saved checkpoint; `Ok(None)` if there is none.
+    /// The saved checkpoint; `Ok(None)` if there is none, or only an empty
+    /// or torn one.
     pub fn load(path: &Path) -> Result<Option<Checkpoint>, String> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        let checkpoint = state_file::read_json::<Checkpoint>(path, "pod checkpoint", MAX_BYTES)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let Some(checkpoint) = checkpoint else {
+            return Ok(None);
         };
-        let checkpoint: Checkpoint = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("parsing {}: {e}", path.display()))?;
         if checkpoint.version != VERSION {
             return Err(format!(
                 "{}: unknown version {}",
@@ -186,6 +192,7 @@ impl SavedContainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::state_file::tests::logged;
 
     fn record() -> PodRecord {
         let mut crashed =
@@ -238,15 +245,36 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_file_is_none_and_a_torn_one_an_error() {
+    fn missing_empty_and_torn_files_are_none_and_logged() {
         let dir = tempfile::tempdir().unwrap();
         let path = Checkpoint::path(dir.path(), "uid-2").unwrap();
         assert_eq!(Checkpoint::load(&path), Ok(None));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, b"{\"version\":1,\"contai").unwrap();
+        for torn in [&b""[..], b"{\"version\":1,\"contai"] {
+            std::fs::write(&path, torn).unwrap();
+            let log = logged(|| assert_eq!(Checkpoint::load(&path), Ok(None)));
+            assert!(log.contains("uid-2.json"), "{log}");
+        }
+        std::fs::write(&path, b"{\"version\":9,\"containers\":{}}").unwrap();
         assert!(Checkpoint::load(&path).unwrap_err().contains("uid-2.json"));
         Checkpoint::remove(&path).unwrap();
         Checkpoint::remove(&path).unwrap();
+    }
+
+    #[test]
+    fn a_save_leaves_a_private_file_and_no_temporary() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = Checkpoint::path(dir.path(), "uid-3").unwrap();
+        Checkpoint::of(&record(), Clocks::now())
+            .save(&path)
+            .unwrap();
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["uid-3.json"]);
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
     }
 
     #[test]

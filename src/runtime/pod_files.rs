@@ -12,6 +12,9 @@ use crate::desired::DesiredPod;
 use crate::host::{private_files, remove_tree, SafePath, UnsafeComponent};
 use crate::runtime::labels;
 
+/// The pod's shared files: read by containers running as any user.
+const SHARED_FILE_MODE: u32 = 0o644;
+
 /// containerd's `defaultShmSize`.
 pub const SHM_SIZE: u64 = 64 << 20;
 
@@ -216,7 +219,8 @@ impl From<&str> for Parsed {
 }
 
 /// Writes the pod's files and mounts its `/dev/shm` tmpfs (unless the pod
-/// uses the host's IPC namespace). Safe to repeat.
+/// uses the host's IPC namespace). Safe to repeat. Blocking (fsyncs): async
+/// callers run it on a blocking thread.
 pub fn prepare(
     files: &PodFiles,
     hosts: &str,
@@ -244,10 +248,9 @@ pub fn cleanup(files: &PodFiles) -> std::io::Result<()> {
     remove_tree(&files.dir)
 }
 
+/// Crash-safe, readable by every container user (they are bind-mounted).
 fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, content)?;
-    std::fs::rename(&temporary, path)
+    private_files::write_file(path, content.as_bytes(), SHARED_FILE_MODE, None)
 }
 
 fn is_mount_point(path: &Path) -> std::io::Result<bool> {

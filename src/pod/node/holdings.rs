@@ -3,8 +3,13 @@
 
 use std::path::{Component, Path};
 
+use tracing::warn;
+
 use crate::desired::DesiredPod;
+use crate::pod::volumes;
+use crate::runtime::cgroups::{self, CgroupVersion};
 use crate::runtime::network::{hostport, PortMapping};
+use crate::runtime::pod_files::{self, PodFiles};
 use crate::runtime::{labels, resources};
 
 /// What a pod's sandbox holds on the node besides containers, to release:
@@ -65,6 +70,28 @@ impl<'a> SandboxHoldings<'a> {
             host_network: false,
             port_mappings: Vec::new(),
             cgroup,
+        }
+    }
+}
+
+/// Removes what the pod holds in the filesystem: its volumes, its files and
+/// its cgroup, each failure logged for the pod `name`. Blocking (a walk of
+/// every file of every emptyDir): run it on a blocking thread.
+pub(super) fn release_local(
+    name: &str,
+    files: &PodFiles,
+    cgroup: Option<&str>,
+    version: CgroupVersion,
+) {
+    if let Err(e) = volumes::cleanup(files.volumes()) {
+        warn!(pod = %name, error = %e, "cannot clean up the pod's volumes");
+    }
+    if let Err(e) = pod_files::cleanup(files) {
+        warn!(pod = %name, error = %e, "cannot remove the pod's files");
+    }
+    if let Some(cgroup) = cgroup {
+        if let Err(e) = cgroups::remove_pod_cgroup(cgroup, version) {
+            warn!(pod = %name, error = %e, "cannot remove the pod cgroup");
         }
     }
 }

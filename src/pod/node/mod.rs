@@ -19,7 +19,7 @@ use super::runtime::{
 };
 use super::volumes::{self, PreparedVolumes};
 use crate::desired::DesiredPod;
-use crate::host::{SafePath, UnsafeComponent};
+use crate::host::{blocking, SafePath, UnsafeComponent};
 use crate::images::policy::{Ensured, ImageError, OnPull, PullPolicy};
 use crate::images::service::ImageService;
 use crate::logs::LogSettings;
@@ -115,16 +115,14 @@ impl NodeRuntime {
             }
         }
         self.release_ports(uid);
-        if let Err(e) = volumes::cleanup(files.volumes()) {
-            warn!(pod = %holdings.name, error = %e, "cannot clean up the pod's volumes");
-        }
-        if let Err(e) = pod_files::cleanup(&files) {
-            warn!(pod = %holdings.name, error = %e, "cannot remove the pod's files");
-        }
-        if let Some(cgroup) = &holdings.cgroup {
-            if let Err(e) = cgroups::remove_pod_cgroup(cgroup, self.cgroup_version) {
-                warn!(pod = %holdings.name, error = %e, "cannot remove the pod cgroup");
-            }
+        let (name, cgroup) = (holdings.name.to_string(), holdings.cgroup.clone());
+        let version = self.cgroup_version;
+        let released = blocking::unblock(move || {
+            holdings::release_local(&name, &files, cgroup.as_deref(), version);
+            Ok(())
+        });
+        if let Err(e) = released.await {
+            warn!(pod = %holdings.name, error = %e, "cannot release the pod's volumes, files and cgroup");
         }
         true
     }
@@ -335,19 +333,16 @@ impl PodRuntime for NodeRuntime {
         let pod_ip = environment.facts.pod_ip.as_deref();
         let hosts = pod_files::hosts_file(pod, &hostname, pod_ip, &node_hosts);
         let resolv = pod_files::resolv_conf(&spec, &node_resolv);
-        pod_files::prepare(
-            files,
-            &hosts,
-            &resolv.content,
-            &hostname,
-            spec.host_ipc.unwrap_or(false),
-        )
-        .map_err(|e| {
-            sandbox_failed(format!(
-                "writing the pod's files in {}: {e}",
-                files.dir().display()
-            ))
-        })?;
+        let (dir, host_ipc) = (files.clone(), spec.host_ipc.unwrap_or(false));
+        let content = resolv.content.clone();
+        blocking::unblock(move || pod_files::prepare(&dir, &hosts, &content, &hostname, host_ipc))
+            .await
+            .map_err(|e| {
+                sandbox_failed(format!(
+                    "writing the pod's files in {}: {e}",
+                    files.dir().display()
+                ))
+            })?;
         if resolv.missing_cluster_dns {
             environment.warnings.push((
                 "MissingClusterDNS",

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::Worker;
+use crate::host::blocking;
 use crate::pod::checkpoint::{Checkpoint, Clocks};
 use crate::pod::runtime::{ExistingContainer, PodRuntime};
 use crate::pod::state::RunState;
@@ -24,10 +25,12 @@ use crate::status::events::EventType;
 
 impl<R: PodRuntime> Worker<R> {
     pub(super) async fn adopt(&mut self) {
-        let loaded = self
-            .checkpoint_path()
-            .map_err(|e| e.to_string())
-            .and_then(|path| Checkpoint::load(&path));
+        let loaded = match self.checkpoint_path() {
+            Ok(path) => blocking::unblock(move || Ok(Checkpoint::load(&path)))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string())),
+            Err(e) => Err(e.to_string()),
+        };
         match loaded {
             Ok(Some(checkpoint)) => checkpoint.restore(&mut self.record, Clocks::now()),
             Ok(None) => {}

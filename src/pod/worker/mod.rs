@@ -32,7 +32,7 @@ use super::probe::{ContainerProbes, ProbeUpdate};
 use super::runtime::{PodRuntime, SandboxEnvironment, SandboxFailure};
 use super::state::{ContainerRecord, PodRecord, RunState};
 use crate::desired::DesiredPod;
-use crate::host::{remove_tree, SafePath, UnsafeComponent};
+use crate::host::{blocking, remove_tree, SafePath, UnsafeComponent};
 use crate::metrics::POD_SYNCS;
 use crate::runtime::containerd::events::RuntimeEvent;
 use crate::runtime::containerd::tasks::{NewContainer, TaskState};
@@ -154,7 +154,7 @@ impl<R: PodRuntime> Worker<R> {
     /// waiting needs.
     pub async fn run(mut self) {
         Box::pin(self.adopt()).await;
-        self.publish();
+        self.publish().await;
         let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         recheck.tick().await;
@@ -165,7 +165,7 @@ impl<R: PodRuntime> Worker<R> {
                 let started = Instant::now();
                 Box::pin(self.create_sandbox()).await;
                 POD_SYNCS.record("sandbox", started.elapsed());
-                self.publish();
+                self.publish().await;
                 continue;
             }
             for name in &plan.show_pull_backoff {
@@ -183,7 +183,7 @@ impl<R: PodRuntime> Worker<R> {
                 || !plan.show_crash_backoff.is_empty()
                 || !plan.start.is_empty()
             {
-                self.publish();
+                self.publish().await;
                 continue;
             }
             let far = now + Duration::from_secs(86400);
@@ -222,14 +222,15 @@ impl<R: PodRuntime> Worker<R> {
         }
     }
 
-    /// Shows the pod's status and saves its checkpoint.
-    fn publish(&self) {
+    /// Shows the pod's status and saves its checkpoint, on a blocking
+    /// thread (fsyncs) and awaited, so saves of the pod never overlap.
+    async fn publish(&self) {
         self.ctx.status.set(self.pod.uid(), self.record.to_status());
         let checkpoint = Checkpoint::of(&self.record, Clocks::now());
-        let saved = self
-            .checkpoint_path()
-            .map_err(std::io::Error::other)
-            .and_then(|path| checkpoint.save(&path));
+        let saved = match self.checkpoint_path() {
+            Ok(path) => blocking::unblock(move || checkpoint.save(&path)).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
         if let Err(e) = saved {
             warn!(pod = %self.pod.name(), error = %e, "cannot save the pod's checkpoint");
         }
@@ -322,7 +323,7 @@ impl<R: PodRuntime> Worker<R> {
 
     async fn on_runtime_event(&mut self, event: RuntimeEvent) {
         match event {
-            RuntimeEvent::TaskOom { container_id } => self.on_oom(container_id),
+            RuntimeEvent::TaskOom { container_id } => self.on_oom(container_id).await,
             RuntimeEvent::TaskExit {
                 container_id,
                 pid,
@@ -336,7 +337,7 @@ impl<R: PodRuntime> Worker<R> {
                         self.on_sandbox_exit(exit_status).await;
                     }
                 } else {
-                    self.on_exit(&container_id, exit_status, exited_at);
+                    self.on_exit(&container_id, exit_status, exited_at).await;
                     // As containerd's CRI plugin does: an exited task only
                     // holds its shim and log writer.
                     if let Err(e) = self.ctx.runtime.delete_task(&container_id).await {
@@ -351,14 +352,14 @@ impl<R: PodRuntime> Worker<R> {
     /// containerd publishes `/tasks/oom` and `/tasks/exit` in either order:
     /// an OOM for a container already seen exiting corrects its reason (as
     /// containerd's CRI plugin does), otherwise it is kept for the exit.
-    fn on_oom(&mut self, container_id: String) {
+    async fn on_oom(&mut self, container_id: String) {
         let Some(name) = self.record.ids().remove(&container_id) else {
             return;
         };
         match self.record.container_mut(&name).map(|c| &mut c.state) {
             Some(RunState::Terminated { reason, .. }) => {
                 *reason = "OOMKilled".into();
-                self.publish();
+                self.publish().await;
             }
             _ => {
                 self.oom_killed.insert(container_id);
@@ -366,7 +367,7 @@ impl<R: PodRuntime> Worker<R> {
         }
     }
 
-    fn on_exit(
+    async fn on_exit(
         &mut self,
         container_id: &str,
         exit_status: u32,
@@ -393,7 +394,7 @@ impl<R: PodRuntime> Worker<R> {
             Instant::now(),
         );
         info!(pod = %self.pod.name(), container = %name, exit_status, "container exited");
-        self.publish();
+        self.publish().await;
     }
 
     /// The pause process died, taking the pod's namespaces with it: as the
@@ -412,7 +413,7 @@ impl<R: PodRuntime> Worker<R> {
         self.ctx.runtime.release_sandbox(&self.pod).await;
         self.environment = None;
         self.record.sandbox_lost(Instant::now());
-        self.publish();
+        self.publish().await;
     }
 
     /// An exited container must wait before its restart: `CrashLoopBackOff`
@@ -461,7 +462,7 @@ impl<R: PodRuntime> Worker<R> {
         for id in running {
             match self.ctx.runtime.task_state(&id).await {
                 Ok(TaskState::Stopped(exit)) => {
-                    self.on_exit(&id, exit.exit_status, exit.exited_at);
+                    self.on_exit(&id, exit.exit_status, exit.exited_at).await;
                     if let Err(e) = self.ctx.runtime.delete_task(&id).await {
                         warn!(container = %id, error = %e, "cannot delete the exited task");
                     }
@@ -472,7 +473,7 @@ impl<R: PodRuntime> Worker<R> {
                         if let Some(record) = self.record.container_mut(&name) {
                             record.lost(Instant::now());
                         }
-                        self.publish();
+                        self.publish().await;
                     }
                 }
                 Err(e) => warn!(pod = %self.pod.name(), error = %e, "cannot check container"),
@@ -519,10 +520,10 @@ impl<R: PodRuntime> Worker<R> {
         if let Err(e) = removed {
             warn!(pod = %self.pod.name(), error = %e, "cannot remove the pod's checkpoint");
         }
-        let removed = self
-            .pod_log_dir()
-            .map_err(std::io::Error::other)
-            .and_then(|dir| remove_tree(&dir));
+        let removed = match self.pod_log_dir() {
+            Ok(dir) => blocking::unblock(move || remove_tree(&dir)).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
         if let Err(e) = removed {
             warn!(pod = %self.pod.name(), error = %e, "cannot remove the pod's log directory");
         }

@@ -130,7 +130,7 @@ impl<R: PodRuntime> Worker<R> {
         }
         record.health.apply(&update);
         let restarts = record.sidecar || restart_policy != "Never";
-        self.publish();
+        self.publish().await;
         let Some(message) = update.killing_message(restarts) else {
             return;
         };

@@ -3,18 +3,19 @@
 //! ADD got, also after the agent restarted. One file per
 //! network/sandbox/interface, written atomically.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{NetworkError, PortMapping};
-use crate::host::private_files;
+use crate::host::{blocking, private_files, state_file};
 
 /// Marks the file format, so a future change can tell old files apart.
 const KIND: &str = "podkeeperCniCacheV1";
+
+/// Far above any ADD result (a few addresses, routes and port mappings).
+const MAX_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct CachedResult {
@@ -64,9 +65,22 @@ fn cache_error(path: &Path, reason: impl std::fmt::Display) -> NetworkError {
     }
 }
 
-/// Writes the entry through a temporary file and a rename, so a crash never
-/// leaves half a result that would block DEL.
-pub(super) fn write(dir: &Path, entry: &CachedResult) -> Result<(), NetworkError> {
+/// Writes the entry crash-safe ([`private_files::write_private`]), so a
+/// crash or a power cut never leaves half a result that would block DEL;
+/// on a blocking thread, as the fsyncs block.
+pub(super) async fn write(dir: PathBuf, entry: CachedResult) -> Result<(), NetworkError> {
+    let target = path(
+        &dir,
+        &entry.network_name,
+        &entry.container_id,
+        &entry.if_name,
+    );
+    blocking::unblock(move || Ok(write_now(&dir, &entry)))
+        .await
+        .map_err(|e| cache_error(&target, e))?
+}
+
+fn write_now(dir: &Path, entry: &CachedResult) -> Result<(), NetworkError> {
     let target = path(
         dir,
         &entry.network_name,
@@ -76,41 +90,12 @@ pub(super) fn write(dir: &Path, entry: &CachedResult) -> Result<(), NetworkError
     private_files::create_dir(dir, private_files::PRIVATE_DIR_MODE)
         .map_err(|e| cache_error(dir, e))?;
     let bytes = serde_json::to_vec(entry).map_err(|e| cache_error(&target, e))?;
-    let mut tmp = tempfile_in(dir).map_err(|e| cache_error(dir, e))?;
-    let written = tmp
-        .1
-        .write_all(&bytes)
-        .and_then(|()| tmp.1.sync_all())
-        .and_then(|()| std::fs::rename(&tmp.0, &target));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp.0);
-        return Err(cache_error(&target, e));
-    }
-    Ok(())
+    private_files::write_private(&target, &bytes).map_err(|e| cache_error(&target, e))
 }
 
-/// A new file `.tmp-<pid>-<n>` in `dir`, created exclusively.
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".tmp-{}-{n}", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(private_files::PRIVATE_FILE_MODE)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            // Left by an earlier process with the same PID: try the next.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The cached entry, or `None` when there is none.
+/// The cached entry, or `None` when there is none, or only an empty or
+/// torn one (logged): DEL then runs without `prevResult`, as for a sandbox
+/// whose ADD never finished.
 pub(super) fn read(
     dir: &Path,
     network: &str,
@@ -118,12 +103,11 @@ pub(super) fn read(
     if_name: &str,
 ) -> Result<Option<CachedResult>, NetworkError> {
     let path = path(dir, network, container_id, if_name);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(cache_error(&path, e)),
+    let entry = state_file::read_json::<CachedResult>(&path, "CNI result cache", MAX_BYTES)
+        .map_err(|e| cache_error(&path, e))?;
+    let Some(entry) = entry else {
+        return Ok(None);
     };
-    let entry: CachedResult = serde_json::from_slice(&bytes).map_err(|e| cache_error(&path, e))?;
     if entry.kind != KIND {
         return Err(cache_error(&path, format!("unknown kind {:?}", entry.kind)));
     }
@@ -148,6 +132,7 @@ pub(super) fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::state_file::tests::logged;
     use serde_json::json;
 
     #[test]
@@ -161,14 +146,14 @@ mod tests {
             host_ip: String::new(),
         }];
         let entry = CachedResult::new("net", "sbx1", "eth0", &mappings, json!({"ips": []}));
-        write(&results, &entry).unwrap();
+        write_now(&results, &entry).unwrap();
         assert!(results.join("net-sbx1-eth0").is_file());
         assert_eq!(
             read(&results, "net", "sbx1", "eth0").unwrap(),
             Some(entry.clone())
         );
         // Rewriting replaces it; no temporary file is left.
-        write(&results, &entry).unwrap();
+        write_now(&results, &entry).unwrap();
         let names: Vec<_> = std::fs::read_dir(&results)
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -180,9 +165,23 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_entry_is_an_error_naming_the_file() {
+    fn an_empty_or_torn_entry_is_absent_and_logged() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("net-sbx1-eth0"), "{").unwrap();
+        let file = dir.path().join("net-sbx1-eth0");
+        for torn in ["", "{\"kind\":\"podkeeperCni"] {
+            std::fs::write(&file, torn).unwrap();
+            let log = logged(|| assert_eq!(read(dir.path(), "net", "sbx1", "eth0").unwrap(), None));
+            assert!(log.contains("net-sbx1-eth0"), "{log}");
+        }
+    }
+
+    #[test]
+    fn an_entry_of_another_kind_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut entry = CachedResult::new("net", "sbx1", "eth0", &[], json!({}));
+        entry.kind = "other".into();
+        let content = serde_json::to_vec(&entry).unwrap();
+        std::fs::write(dir.path().join("net-sbx1-eth0"), content).unwrap();
         let err = read(dir.path(), "net", "sbx1", "eth0")
             .unwrap_err()
             .to_string();

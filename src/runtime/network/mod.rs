@@ -293,7 +293,7 @@ impl Network {
         let outcome = match (failure, &prev) {
             (Some(e), _) => Err(e),
             (None, None) => Err(NetworkError::Settings("the network has no plugins".into())),
-            (None, Some(result)) => self.finish_setup(request, result),
+            (None, Some(result)) => self.finish_setup(request, result).await,
         };
         match outcome {
             Ok(network) => {
@@ -330,7 +330,7 @@ impl Network {
     }
 
     /// Caches the final ADD result and turns it into a [`PodNetwork`].
-    fn finish_setup(
+    async fn finish_setup(
         &self,
         request: &PodNetworkRequest<'_>,
         result: &Value,
@@ -351,7 +351,7 @@ impl Network {
             request.port_mappings,
             result.clone(),
         );
-        cache::write(&self.results_dir(), &cached)?;
+        cache::write(self.results_dir(), cached).await?;
         Ok(network)
     }
 

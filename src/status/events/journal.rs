@@ -142,9 +142,6 @@ impl Journal {
             lines += 1;
         }
         private_files::write_private(&self.path, &content).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
         self.file = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)

@@ -32,6 +32,7 @@ pub use journal::JournalError;
 pub use retention::Retention;
 
 use crate::desired::DesiredPod;
+use crate::host::blocking;
 
 /// The component name events are reported from.
 pub const COMPONENT: &str = "podkeeper";
@@ -224,6 +225,18 @@ impl EventLog {
                     _ = prune.tick() => folder.prune(jiff::Timestamp::now()),
                 }
                 folder.finish_batch(jiff::Timestamp::now());
+                if folder.rewrite_due() {
+                    // Two fsyncs (file and directory): a blocking thread's work.
+                    let rewritten = blocking::unblock(move || {
+                        folder.rewrite_if_due();
+                        Ok(folder)
+                    });
+                    // Only a runtime shutting down fails it (a panic is resumed).
+                    let Ok(rewritten) = rewritten.await else {
+                        break;
+                    };
+                    folder = rewritten;
+                }
             }
         });
         let recorder = Recorder {
@@ -420,7 +433,6 @@ impl Folder {
         if let Err(e) = self.journal.append(&changed) {
             warn!(error = %e, "cannot write events to the journal; they are kept in memory");
         }
-        self.rewrite_if_due();
         let dropped = self.log.dropped();
         if dropped > self.reported_drops {
             warn!(
@@ -432,14 +444,21 @@ impl Folder {
         }
     }
 
-    fn rewrite_if_due(&mut self) {
+    /// Whether the journal should be rewritten with only the live events
+    /// (see [`Folder::rewrite_if_due`]).
+    fn rewrite_due(&self) -> bool {
         let live = self
             .log
             .events
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .len();
-        if self.journal.wants_rewrite(live) {
+        self.journal.wants_rewrite(live)
+    }
+
+    /// Rewrites the journal when it is due. Blocking (fsyncs).
+    fn rewrite_if_due(&mut self) {
+        if self.rewrite_due() {
             if let Err(e) = self.journal.rewrite(self.log.list().iter()) {
                 warn!(error = %e, "cannot rewrite the event journal");
             }
