@@ -289,12 +289,17 @@ async fn run(
     rate: Option<u64>,
     seconds: u64,
 ) -> anyhow::Result<RunResult> {
+    // Connections (and TLS handshakes) are made before the clock starts:
+    // what is measured is requests on kept-alive connections.
+    let mut senders = Vec::new();
+    for _ in 0..connections {
+        senders.push(transport.connect().await?);
+    }
     let started = Instant::now();
     let end = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for c in 0..connections {
+    for (c, (mut sender, token)) in (0..connections).zip(senders) {
         let (path, accept) = (path.to_string(), accept.to_string());
-        let (mut sender, token) = transport.connect().await?;
         tasks.push(tokio::spawn(async move {
             let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r as f64));
             // Connections start staggered over one interval.
